@@ -1,0 +1,57 @@
+# ecgbridge: the two README commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_DIR := tests/fhir_server
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install node system-deps demo test check lint typecheck bench train evaluate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The FHIR test server (Medplum's engine from npm, tests/fhir_server).
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# redis-server and Node for the end-to-end tests, from Debian when missing (needs root).
+system-deps:
+	@command -v redis-server >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
+	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm; }
+
+demo: install
+	$(BIN)/ecgbridge demo
+
+test: system-deps install node
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install node
+	$(BIN)/python -m tests.bench.run
+
+train: install
+	$(BIN)/ecgbridge train --data ../shared/data/ptbxl --out inference/weights --seed 0
+
+evaluate: install
+	$(BIN)/ecgbridge evaluate --data ../shared/data/ptbxl --folds 9 --out var/eval/fold9.json
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

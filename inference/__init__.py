@@ -1,0 +1,28 @@
+"""ecgbridge inference: domain types, signal processing, models, training and evaluation.
+
+Pure computation: this package opens no sockets, queues or FHIR servers, and imports
+neither `mappers` nor `integration` (see ARCHITECTURE.md).
+"""
+
+from inference.errors import EcgBridgeError, EcgValidationError
+from inference.record import LEADS_12, Demographics, EcgRecord, PatientRef, Sex
+from inference.result import (
+    AnalysisResult,
+    QualityReport,
+    TerritoryFinding,
+    TriageResult,
+)
+
+__all__ = [
+    "LEADS_12",
+    "AnalysisResult",
+    "Demographics",
+    "EcgBridgeError",
+    "EcgRecord",
+    "EcgValidationError",
+    "PatientRef",
+    "QualityReport",
+    "Sex",
+    "TerritoryFinding",
+    "TriageResult",
+]

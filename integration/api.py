@@ -1,0 +1,150 @@
+"""HTTP API (FastAPI): FHIR R4 ECG intake, status polling, health.
+
+``POST /fhir/Observation`` and ``POST /fhir`` (a Bundle) answer 202 with a ``Location`` to
+poll once the ECG is committed to the inbox; invalid resources get a 422 OperationOutcome
+whose ``expression`` names the offending element.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from integration.errors import DuplicateConflictError, InboxError
+from integration.inbox import Inbox, InboxItem
+from integration.ingest import FhirAccepted, IngestService
+from mappers.errors import MappingError
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def operation_outcome(
+    status: int, *, code: str, text: str, expression: str = "", severity: str = "error"
+) -> JSONResponse:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text}
+    if expression:
+        issue["expression"] = [expression]
+    return JSONResponse(
+        {"resourceType": "OperationOutcome", "issue": [issue]},
+        status_code=status,
+        media_type=FHIR_JSON,
+    )
+
+
+def _status_json(item: InboxItem) -> dict[str, Any]:
+    import json
+
+    return {
+        "id": item.id,
+        "status": item.status.value,
+        "record_id": item.record_id,
+        "channel": item.channel,
+        "received_at": item.received_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+        "report": item.report_ref,
+        "result": None if item.result_json is None else json.loads(item.result_json),
+        "error": item.error,
+    }
+
+
+def create_app(
+    *, ingest: IngestService, inbox: Inbox, health: Callable[[], dict[str, Any]]
+) -> FastAPI:
+    app = FastAPI(title="ecgbridge", version="0.1.0")
+
+    async def _intake(request: Request, expected: str) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype not in (FHIR_JSON, "application/json"):
+            return operation_outcome(
+                415, code="not-supported", text=f"send {FHIR_JSON}, not {ctype or 'nothing'}"
+            )
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return operation_outcome(413, code="too-costly", text="request body too large")
+        try:
+            import json
+
+            kind = json.loads(body).get("resourceType") if body else None
+        except (ValueError, AttributeError):
+            kind = None
+        if kind is not None and kind != expected:
+            return operation_outcome(
+                422,
+                code="invalid",
+                text=f"this endpoint takes a {expected}, got {kind}",
+                expression="resourceType",
+            )
+        try:
+            accepted = await _run(ingest.receive_fhir, body)
+        except MappingError as exc:
+            log.info("FHIR intake refused: %s", exc)
+            return operation_outcome(
+                422, code=exc.fhir_issue, text=str(exc), expression=exc.location
+            )
+        except DuplicateConflictError as exc:
+            return operation_outcome(409, code="conflict", text=str(exc))
+        except InboxError as exc:
+            log.error("FHIR intake not committed: %s", exc)
+            return operation_outcome(
+                503, code="transient", text="the ECG could not be stored; retry later"
+            )
+        return _accepted_response(accepted)
+
+    @app.post("/fhir/Observation")
+    async def post_observation(request: Request) -> Response:
+        return await _intake(request, "Observation")
+
+    @app.post("/fhir")
+    async def post_bundle(request: Request) -> Response:
+        return await _intake(request, "Bundle")
+
+    @app.get("/ecg/{item_id}")
+    async def get_status(item_id: str) -> Response:
+        item = await _run(inbox.get, item_id)
+        if item is None:
+            return operation_outcome(404, code="not-found", text=f"no ECG {item_id}")
+        return JSONResponse(_status_json(item))
+
+    @app.get("/ecg")
+    async def find_status(key: str) -> Response:
+        item = await _run(inbox.find_by_key, key)
+        if item is None:
+            return operation_outcome(404, code="not-found", text="no ECG with that key")
+        return JSONResponse(_status_json(item))
+
+    @app.get("/health")
+    async def get_health() -> Response:
+        return JSONResponse(await _run(health))
+
+    return app
+
+
+def _accepted_response(accepted: list[FhirAccepted]) -> JSONResponse:
+    items = [
+        {
+            "entry": a.entry_index,
+            "id": a.accepted.item.id,
+            "location": f"/ecg/{a.accepted.item.id}",
+            "replay": not a.accepted.created,
+            "status": a.accepted.item.status.value,
+        }
+        for a in accepted
+    ]
+    return JSONResponse(
+        {"accepted": items},
+        status_code=202,
+        headers={"Location": f"/ecg/{accepted[0].accepted.item.id}"},
+    )
+
+
+async def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    import anyio
+
+    return await anyio.to_thread.run_sync(fn, *args)

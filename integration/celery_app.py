@@ -1,0 +1,72 @@
+"""The Celery app: Redis when ``ECGBRIDGE_BROKER_URL`` is set, otherwise kombu's on-disk
+``filesystem://`` transport under ``$ECGBRIDGE_DATA_DIR/broker`` (no server, same tasks,
+same code path).
+
+Configured for no loss: late acknowledgement, requeue when a worker dies, prefetch 1,
+and a Redis visibility timeout longer than the task's hard time limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from integration.settings import Settings, get_settings
+
+TASK_SOFT_TIME_LIMIT_S = 120
+TASK_TIME_LIMIT_S = 180
+VISIBILITY_TIMEOUT_S = 3600
+ANALYZE_TASK = "ecgbridge.analyze_ecg"
+QUEUE = "ecgbridge"
+
+
+def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and transport options for these settings."""
+    if settings.broker_url:
+        return settings.broker_url, {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+        }
+    folder = settings.broker_dir.resolve()
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app. Listeners use it to send tasks by name; `ecgbridge worker`
+    registers the tasks on it (`integration.tasks.register`) and runs it."""
+    settings = settings or get_settings()
+    url, options = broker_config(settings)
+    app = Celery("ecgbridge", broker=url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_priority=5,
+    )
+    return app
+
+
+def enqueue_analysis(app: Celery, item_id: str, *, priority: int = 5) -> None:
+    """Queue one inbox item for analysis (by task name: the sender needs no task code)."""
+    app.send_task(ANALYZE_TASK, args=[item_id], queue=QUEUE, priority=priority)

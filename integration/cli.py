@@ -1,0 +1,193 @@
+"""The `ecgbridge` command.
+
+    ecgbridge serve [--worker]        MLLP + HTTP listeners (and a worker, for one machine)
+    ecgbridge worker                  a Celery worker that analyses queued ECGs
+    ecgbridge analyze FILE... [--json] analyse files offline and write their reports
+    ecgbridge train                   train the model on PTB-XL folds 1-8 (select on fold 9)
+    ecgbridge evaluate --data DIR [--folds 9] --out FILE.json
+    ecgbridge demo                    run the whole flow on embedded defaults
+
+Exit codes: 0 success, 1 failure, 2 bad input (the message names the file and the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from integration.errors import InputFileError
+from integration.settings import Settings, get_settings
+
+log = logging.getLogger("integration")
+
+DEFAULT_DATA = Path("../shared/data/ptbxl")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecgbridge", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the MLLP and HTTP listeners")
+    s.add_argument("--worker", action="store_true", help="also run a worker process")
+
+    sub.add_parser("worker", help="run a Celery worker")
+
+    a = sub.add_parser("analyze", help="analyse ECG files offline and write their reports")
+    a.add_argument("files", nargs="+", type=Path)
+    a.add_argument("--json", action="store_true", help="one JSON object per input line")
+
+    t = sub.add_parser("train", help="train the model (folds 1-8, select on fold 9)")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    t.add_argument("--out", type=Path, default=Path("inference/weights"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=None)
+
+    e = sub.add_parser("evaluate", help="evaluate the shipped model on a PTB-XL-layout folder")
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--folds", type=str, default=None, help="comma-separated, e.g. 9")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--bootstrap", type=int, default=1000)
+
+    d = sub.add_parser("demo", help="send real sample ECGs through the running service")
+    d.add_argument("--keep", action="store_true", help="leave ./var/demo in place")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = get_settings()
+    try:
+        if args.command == "serve":
+            asyncio.run(_serve(settings, args.worker))
+            return 0
+        if args.command == "worker":
+            return _worker(settings)
+        if args.command == "analyze":
+            return _analyze(settings, args.files, as_json=args.json)
+        if args.command == "train":
+            return _train(args.data, args.out, args.seed, args.epochs)
+        if args.command == "evaluate":
+            return _evaluate(args.data, args.folds, args.out, args.bootstrap)
+        if args.command == "demo":
+            from integration.demo import run_demo
+
+            return run_demo(keep=args.keep)
+    except InputFileError as exc:
+        print(f"ecgbridge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1  # pragma: no cover - argparse rejects unknown commands
+
+
+async def _serve(settings: Settings, with_worker: bool) -> None:
+    from integration.service import serve
+
+    await serve(settings, with_worker=with_worker)
+
+
+def _worker(settings: Settings) -> int:
+    from integration.celery_app import QUEUE, create_app
+    from integration.tasks import register
+
+    app = create_app(settings)
+    register(app, settings)
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={settings.worker_concurrency}",
+            "--pool=prefork",
+            "-Q",
+            QUEUE,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
+    from inference.analyzer import Analyzer
+    from integration.files import read_ecg_file
+    from integration.pipeline import analyse_and_write
+    from integration.tasks import make_writer
+
+    inputs = [ecg for path in files for ecg in read_ecg_file(path)]
+    analyzer = Analyzer.load(device=settings.device)
+    writer = make_writer(settings)
+    try:
+        for ecg in inputs:
+            result, written = analyse_and_write(
+                ecg.record,
+                idem_key=ecg.idem_key,
+                analyzer=analyzer,
+                writer=writer,
+                now=datetime.now(UTC),
+            )
+            source = str(ecg.path) + (f"#{ecg.entry}" if ecg.entry else "")
+            if as_json:
+                out = {"source": source, **result.to_json(), "report": written.report_ref}
+                print(json.dumps(out), flush=True)
+            else:
+                tri = result.triage
+                verdict = (
+                    "not analysed: " + "; ".join(result.quality.problems)
+                    if tri is None
+                    else f"MI/injury p={tri.probability:.3f} "
+                    f"({'POSITIVE' if tri.positive else 'negative'})"
+                )
+                print(f"{source}: {verdict}  -> {written.report_ref}")
+    finally:
+        writer.close()
+    if not as_json:
+        print(f"reports written to {written.location}" if inputs else "no ECGs found")
+    return 0
+
+
+def _train(data: Path, out: Path, seed: int, epochs: int | None) -> int:
+    from inference.train import train
+
+    if epochs is None:
+        report = train(data_dir=data, out_dir=out, seed=seed)
+    else:
+        report = train(data_dir=data, out_dir=out, seed=seed, epochs=epochs)
+    print(report)
+    return 0
+
+
+def _evaluate(data: Path, folds: str | None, out: Path, n_bootstrap: int) -> int:
+    from inference.evaluate import evaluate
+
+    if not (data / "signals_500hz_uv.npz").exists() or not (data / "records.csv").exists():
+        raise InputFileError(
+            "expected signals_500hz_uv.npz and records.csv (the PTB-XL layout)", path=str(data)
+        )
+    fold_list = None if not folds else [int(f) for f in folds.split(",")]
+    report = evaluate(data_dir=data, folds=fold_list, n_bootstrap=n_bootstrap)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for task, t in report["tasks"].items():
+        print(
+            f"{task:9s} AUROC {t['auroc']:.3f} [{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}]  "
+            f"sens {t['sensitivity']:.2f} spec {t['specificity']:.2f}  "
+            f"n_pos {t['n_pos']}/{report['n']}"
+        )
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

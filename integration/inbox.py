@@ -1,0 +1,304 @@
+"""The durable inbox: the system of record for every ECG accepted.
+
+A message is committed here before any ACK or 202 is sent. The idempotency key (sender +
+MSH-10 for HL7, identifier + version for FHIR, content hash for files) is unique, so the
+same message sent twice is stored once and answered the same way. SQLite by default,
+PostgreSQL by URL; both through SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from integration.errors import DuplicateConflictError, InboxError
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ContentType(StrEnum):
+    HL7V2 = "hl7v2"
+    FHIR = "fhir"
+
+
+metadata = MetaData()
+
+inbox_table = Table(
+    "ecg_inbox",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("idem_key", String(512), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False),
+    Column("content_type", String(16), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("payload_sha256", String(64), nullable=False),
+    Column("record_id", String(256), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("ack", LargeBinary, nullable=True),
+    Column("result_json", Text, nullable=True),
+    Column("report_ref", String(256), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    id: str
+    idem_key: str
+    channel: str
+    content_type: ContentType
+    payload: bytes
+    payload_sha256: str
+    record_id: str
+    priority: int
+    status: Status
+    attempts: int
+    ack: bytes | None
+    result_json: str | None
+    report_ref: str | None
+    error: str | None
+    received_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Outcome of `Inbox.accept`: the item, and whether it was new or a replay."""
+
+    item: InboxItem
+    created: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _item(row: Any) -> InboxItem:
+    m = row._mapping
+    return InboxItem(
+        id=m["id"],
+        idem_key=m["idem_key"],
+        channel=m["channel"],
+        content_type=ContentType(m["content_type"]),
+        payload=bytes(m["payload"]),
+        payload_sha256=m["payload_sha256"],
+        record_id=m["record_id"],
+        priority=m["priority"],
+        status=Status(m["status"]),
+        attempts=m["attempts"],
+        ack=None if m["ack"] is None else bytes(m["ack"]),
+        result_json=m["result_json"],
+        report_ref=m["report_ref"],
+        error=m["error"],
+        received_at=_utc(m["received_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the inbox. SQLite gets WAL and a busy timeout so the listeners and
+    the worker processes can share one file."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Inbox:
+    """Durable, idempotent store of accepted ECG messages."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Inbox:
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        inbox = cls(make_engine(url))
+        inbox.create_schema()
+        return inbox
+
+    def create_schema(self) -> None:
+        try:
+            metadata.create_all(self._engine)
+        except SQLAlchemyError as exc:
+            raise InboxError(
+                f"inbox schema could not be created: {exc.__class__.__name__}"
+            ) from exc
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    def accept(
+        self,
+        *,
+        idem_key: str,
+        channel: str,
+        content_type: ContentType,
+        payload: bytes,
+        record_id: str,
+        priority: int = 0,
+        ack: bytes | None = None,
+    ) -> Accepted:
+        """Commit a message, or return the stored one for a replay of the same key.
+
+        Raises `DuplicateConflictError` when the key is known with a different payload and
+        `InboxError` when the database cannot commit.
+        """
+        sha = hashlib.sha256(payload).hexdigest()
+        now = _now()
+        item_id = uuid.uuid4().hex
+        row = {
+            "id": item_id,
+            "idem_key": idem_key,
+            "channel": channel,
+            "content_type": content_type.value,
+            "payload": payload,
+            "payload_sha256": sha,
+            "record_id": record_id,
+            "priority": priority,
+            "status": Status.ACCEPTED.value,
+            "attempts": 0,
+            "ack": ack,
+            "received_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(inbox_table.insert().values(**row))
+        except IntegrityError:
+            existing = self.find_by_key(idem_key)
+            if existing is None:  # pragma: no cover - a unique violation always has a row
+                raise InboxError("inbox unique violation without a row") from None
+            if existing.payload_sha256 != sha:
+                raise DuplicateConflictError(
+                    f"message id {idem_key!r} was already received with different content"
+                ) from None
+            return Accepted(existing, created=False)
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox commit failed: {exc.__class__.__name__}") from exc
+        item = self.get(item_id)
+        assert item is not None
+        return Accepted(item, created=True)
+
+    def set_ack(self, item_id: str, ack: bytes) -> None:
+        """Store the ACK sent for a new message so a replay gets the same bytes."""
+        self._update(item_id, ack=ack)
+
+    def get(self, item_id: str) -> InboxItem | None:
+        return self._one(select(inbox_table).where(inbox_table.c.id == item_id))
+
+    def find_by_key(self, idem_key: str) -> InboxItem | None:
+        return self._one(select(inbox_table).where(inbox_table.c.idem_key == idem_key))
+
+    def mark_processing(self, item_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(inbox_table)
+                .where(inbox_table.c.id == item_id)
+                .values(
+                    status=Status.PROCESSING.value,
+                    attempts=inbox_table.c.attempts + 1,
+                    updated_at=_now(),
+                )
+            )
+
+    def mark_done(self, item_id: str, *, result_json: str, report_ref: str) -> None:
+        self._update(
+            item_id,
+            status=Status.DONE.value,
+            result_json=result_json,
+            report_ref=report_ref,
+            error=None,
+        )
+
+    def mark_failed(self, item_id: str, *, error: str) -> None:
+        self._update(item_id, status=Status.FAILED.value, error=error)
+
+    def unfinished(self, limit: int = 1000) -> list[InboxItem]:
+        """Accepted or in-flight items, oldest first (for the reconciler)."""
+        stmt = (
+            select(inbox_table)
+            .where(inbox_table.c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value]))
+            .order_by(inbox_table.c.received_at)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [_item(r) for r in conn.execute(stmt)]
+
+    def count_by_status(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        stmt = select(inbox_table.c.status, func.count()).group_by(inbox_table.c.status)
+        with self._engine.connect() as conn:
+            return {str(s): int(n) for s, n in conn.execute(stmt)}
+
+    def _one(self, stmt: Any) -> InboxItem | None:
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(stmt).first()
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox read failed: {exc.__class__.__name__}") from exc
+        return None if row is None else _item(row)
+
+    def _update(self, item_id: str, **values: Any) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(inbox_table)
+                    .where(inbox_table.c.id == item_id)
+                    .values(updated_at=_now(), **values)
+                )
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox update failed: {exc.__class__.__name__}") from exc

@@ -1,0 +1,210 @@
+"""Ingest: every door (MLLP, HTTP, files) validates, commits to the one inbox, then queues.
+
+The answer (ACK, 202) is built only after the inbox commit. Validation happens before the
+commit, so nothing half-written is ever stored: a message is either refused with a clear
+error or stored whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from inference.record import EcgRecord
+from integration.errors import DuplicateConflictError, InboxError
+from integration.inbox import Accepted, ContentType, Inbox, InboxItem
+from mappers.errors import FhirResourceError, MappingError
+from mappers.fhir_r4 import bundle_to_records, observation_to_record
+from mappers.hl7v2 import Msh, build_ack, fallback_msh, parse_msh, parse_oru_r01
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, int], None]
+
+#: Celery priority (0 highest .. 9 lowest on Redis) for routine ECGs.
+ROUTINE_PRIORITY = 5
+
+
+class _DuplicateError(MappingError):
+    """Same sender + MSH-10 with different content (HL7 table 0357 code 205)."""
+
+    hl7_code = 205
+
+
+class _StorageError(MappingError):
+    """The inbox could not commit (HL7 table 0357 code 207, application internal error)."""
+
+    hl7_code = 207
+
+
+def hl7_idempotency_key(msh: Msh) -> str:
+    return f"hl7:{msh.sending_facility}|{msh.control_id}"
+
+
+def fhir_idempotency_key(record: EcgRecord, payload: bytes) -> str:
+    ident = record.identifier("observation")
+    if not ident:
+        return "fhir-sha256:" + hashlib.sha256(payload).hexdigest()
+    return f"fhir:{ident}|{record.identifier('version') or ''}"
+
+
+def decode_item(item: InboxItem) -> EcgRecord:
+    """Re-read the stored wire message of an inbox item as an ECG record."""
+    if item.content_type is ContentType.HL7V2:
+        return parse_oru_r01(item.payload)[1]
+    return _fhir_records(json.loads(item.payload))[0][1]
+
+
+def _fhir_records(obj: Any) -> list[tuple[int, EcgRecord]]:
+    if not isinstance(obj, dict):
+        raise FhirResourceError("the body is not a FHIR resource (JSON object)")
+    kind = obj.get("resourceType")
+    if kind == "Bundle":
+        return bundle_to_records(obj)
+    if kind == "Observation":
+        return [(0, observation_to_record(obj))]
+    raise FhirResourceError(
+        f"resourceType {kind!r} is not accepted here: send an Observation or a Bundle",
+        location="resourceType",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FhirAccepted:
+    """One ECG Observation taken in from a FHIR request."""
+
+    entry_index: int
+    accepted: Accepted
+
+
+class IngestService:
+    """Validate, commit, queue. Shared by the MLLP listener, the HTTP API and the CLI."""
+
+    def __init__(
+        self,
+        *,
+        inbox: Inbox,
+        enqueue: Enqueue,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._inbox = inbox
+        self._enqueue = enqueue
+        self._clock = clock
+
+    # -- HL7 v2 --------------------------------------------------------------------------
+    def receive_hl7(self, message: bytes, *, channel: str = "mllp") -> bytes:
+        """Take one HL7 v2 message and return the ACK to send (never raises)."""
+        try:
+            msh = parse_msh(message)
+        except MappingError as exc:
+            log.warning("HL7 message refused before MSH could be read: %s", exc)
+            return self._ack(fallback_msh(), "AR", error=exc)
+        try:
+            _, record = parse_oru_r01(message)
+        except MappingError as exc:
+            log.warning("HL7 message %s refused: %s", msh.control_id, exc)
+            return self._ack(msh, exc.ack_code, error=exc)
+        ack = self._ack(msh, "AA", text="ECG accepted for analysis")
+        try:
+            accepted = self._inbox.accept(
+                idem_key=hl7_idempotency_key(msh),
+                channel=channel,
+                content_type=ContentType.HL7V2,
+                payload=message,
+                record_id=record.record_id,
+                priority=ROUTINE_PRIORITY,
+                ack=ack,
+            )
+        except DuplicateConflictError as exc:
+            log.warning("HL7 message %s refused: %s", msh.control_id, exc)
+            return self._ack(msh, "AE", error=_DuplicateError(str(exc), location="MSH[1].10"))
+        except InboxError as exc:
+            log.error("HL7 message %s not committed: %s", msh.control_id, exc)
+            return self._ack(msh, "AE", error=_StorageError("message not stored; resend later"))
+        if not accepted.created:
+            log.info("HL7 message %s is a replay; stored ACK re-sent", msh.control_id)
+            return accepted.item.ack or ack
+        log.info("HL7 message %s committed as %s", msh.control_id, accepted.item.id)
+        self._queue(accepted.item)
+        return ack
+
+    def _ack(
+        self, msh: Msh, code: str, *, error: MappingError | None = None, text: str = ""
+    ) -> bytes:
+        return build_ack(
+            msh, code, control_id=uuid.uuid4().hex[:20], now=self._clock(), error=error, text=text
+        )
+
+    # -- FHIR ----------------------------------------------------------------------------
+    def receive_fhir(self, body: bytes, *, channel: str = "http") -> list[FhirAccepted]:
+        """Take an ECG Observation or a Bundle of them.
+
+        Raises `MappingError` (-> 422 OperationOutcome) before anything is stored, and
+        `InboxError` / `DuplicateConflictError` when the commit fails.
+        """
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FhirResourceError(f"the body is not JSON: {exc}") from None
+        records = _fhir_records(obj)
+        if not records:
+            raise FhirResourceError("the Bundle holds no ECG Observation", location="Bundle.entry")
+        out: list[FhirAccepted] = []
+        for index, record in records:
+            payload = _single_payload(obj, index)
+            accepted = self._inbox.accept(
+                idem_key=fhir_idempotency_key(record, payload),
+                channel=channel,
+                content_type=ContentType.FHIR,
+                payload=payload,
+                record_id=record.record_id,
+                priority=ROUTINE_PRIORITY,
+            )
+            if accepted.created:
+                log.info("FHIR ECG %s committed as %s", record.record_id, accepted.item.id)
+                self._queue(accepted.item)
+            out.append(FhirAccepted(index, accepted))
+        return out
+
+    def _queue(self, item: InboxItem) -> None:
+        try:
+            self._enqueue(item.id, item.priority)
+        except Exception:  # the inbox is the system of record; the reconciler re-queues
+            log.exception("inbox item %s committed but not queued; reconciler will", item.id)
+
+
+def _single_payload(obj: dict[str, Any], index: int) -> bytes:
+    """The stored form of one ECG: the Observation itself, or for a Bundle entry a
+    collection Bundle with that Observation and the Bundle's Patients."""
+    if obj.get("resourceType") != "Bundle":
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    entries = obj.get("entry") or []
+    keep = [entries[index]] + [
+        e
+        for e in entries
+        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") == "Patient"
+    ]
+    single = {"resourceType": "Bundle", "type": "collection", "entry": keep}
+    return json.dumps(single, sort_keys=True, separators=(",", ":")).encode()
+
+
+def nak_for(head: bytes, error: MappingError, *, now: datetime | None = None) -> bytes:
+    """A negative ACK for bytes that never became a message (oversize or broken frame),
+    addressed from their MSH when one can be read."""
+    try:
+        msh = parse_msh(head)
+    except MappingError:
+        msh = fallback_msh()
+    return build_ack(
+        msh,
+        error.ack_code,
+        control_id=uuid.uuid4().hex[:20],
+        now=now or datetime.now(UTC),
+        error=error,
+    )

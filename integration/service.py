@@ -1,0 +1,113 @@
+"""`ecgbridge serve`: the MLLP and HTTP listeners in one asyncio loop, and optionally a
+worker process beside them (`--worker`, for one machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import uvicorn
+
+from integration.api import create_app as create_http_app
+from integration.celery_app import create_app as create_celery_app
+from integration.celery_app import enqueue_analysis
+from integration.inbox import Inbox
+from integration.ingest import IngestService, nak_for
+from integration.mllp import MllpServer
+from integration.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def model_version() -> str:
+    from inference.registry import DEFAULT_WEIGHTS
+
+    return DEFAULT_WEIGHTS.meta.model_version
+
+
+def reconcile(inbox: Inbox, enqueue: Any) -> int:
+    """Queue every accepted-but-unfinished item again (the queue is not the system of
+    record; re-queued items that finished meanwhile are skipped by the worker)."""
+    items = inbox.unfinished()
+    for item in items:
+        enqueue(item.id, item.priority)
+    if items:
+        log.info("reconciler re-queued %d unfinished ECGs", len(items))
+    return len(items)
+
+
+def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """`ecgbridge worker` as a child process with the same environment."""
+    env = dict(os.environ)
+    env.setdefault("ECGBRIDGE_DATA_DIR", str(settings.data_dir))
+    env.setdefault("ECGBRIDGE_OUT_DIR", str(settings.out_dir))
+    return subprocess.Popen([sys.executable, "-m", "integration.cli", "worker"], env=env)
+
+
+async def serve(settings: Settings, *, with_worker: bool = False) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    inbox = Inbox.from_url(settings.effective_database_url)
+    celery = create_celery_app(settings)
+
+    def enqueue(item_id: str, priority: int) -> None:
+        enqueue_analysis(celery, item_id, priority=priority)
+
+    ingest = IngestService(inbox=inbox, enqueue=enqueue)
+    version = model_version()
+
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model_version": version, "inbox": inbox.count_by_status()}
+
+    mllp = MllpServer(
+        handler=ingest.receive_hl7,
+        nak=nak_for,
+        host=settings.mllp_host,
+        port=settings.mllp_port,
+        max_frame=settings.mllp_max_frame_bytes,
+        idle_timeout_s=settings.mllp_idle_timeout_s,
+    )
+    http = uvicorn.Server(
+        uvicorn.Config(
+            create_http_app(ingest=ingest, inbox=inbox, health=health),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    worker = start_worker_process(settings) if with_worker else None
+    await mllp.start()
+    await asyncio.to_thread(reconcile, inbox, enqueue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    http_task = asyncio.create_task(http.serve())
+    log.info(
+        "ecgbridge serving: MLLP %s:%d, HTTP %s:%d",
+        settings.mllp_host,
+        mllp.port,
+        settings.http_host,
+        settings.http_port,
+    )
+    try:
+        done_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({http_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        http.should_exit = True
+        with contextlib.suppress(Exception):
+            await http_task
+        await mllp.close()
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        inbox.dispose()

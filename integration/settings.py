@@ -1,0 +1,53 @@
+"""Settings: one pydantic-settings class, read from ECGBRIDGE_* environment variables and an
+optional config file (``ECGBRIDGE_CONFIG_FILE``, a .env-style file). Built by `get_settings()`,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Embedded defaults need no server: SQLite inbox, on-disk
+    Celery broker, ndjson file sink."""
+
+    model_config = SettingsConfigDict(env_prefix="ECGBRIDGE_", extra="ignore")
+
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    mllp_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    broker_url: str | None = None
+    database_url: str | None = None
+    fhir_base_url: str | None = None
+    fhir_timeout_s: float = Field(default=10.0, gt=0)
+    data_dir: Path = Path("./var")
+    out_dir: Path = Path("./var/out")
+    device: str | None = None
+    worker_concurrency: int = Field(default=1, ge=1)
+    task_max_retries: int = Field(default=5, ge=0)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The inbox database: ``database_url`` or a SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ecgbridge.sqlite3').resolve()}"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded (kombu filesystem) broker, used when no broker_url is set."""
+        return self.data_dir / "broker"
+
+
+def get_settings() -> Settings:
+    """Build settings from the environment (and ``ECGBRIDGE_CONFIG_FILE`` if set)."""
+    env_file = os.environ.get("ECGBRIDGE_CONFIG_FILE")
+    return Settings(_env_file=env_file)

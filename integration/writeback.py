@@ -1,0 +1,140 @@
+"""Write-back of report resources: to the EHR's FHIR server, or to an ndjson file sink.
+
+Every resource has a deterministic id (derived from the inbox idempotency key and the model
+version), and is written with ``PUT [base]/[type]/[id]`` (update-as-create), so a retry after
+a timeout updates the same resource and never makes a second report.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from integration.errors import WriteBackError
+from mappers.fhir_r4 import ReportResources, resource_json
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Where the report went: a FHIR reference (with version when the server gave one)."""
+
+    report_ref: str
+    location: str
+
+
+class ReportWriter(Protocol):
+    def write(self, resources: ReportResources) -> Written: ...
+
+    def close(self) -> None: ...
+
+
+def _ordered(resources: ReportResources) -> list[dict[str, Any]]:
+    """Observations first, then the report that references them, then its Provenance."""
+    models = [*resources.observations, resources.diagnostic_report, resources.provenance]
+    return [resource_json(m) for m in models]
+
+
+class NdjsonSink:
+    """FHIR bulk-data style ndjson files, ``<out_dir>/<ResourceType>.ndjson``.
+
+    Idempotent by resource id under an exclusive file lock, so several worker processes
+    can share the folder and a retried write adds nothing.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, resources: ReportResources) -> Written:
+        with open(self.out_dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for res in _ordered(resources):
+                path = self.out_dir / f"{res['resourceType']}.ndjson"
+                if res["id"] not in _ids_in(path):
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(res, separators=(",", ":")) + "\n")
+                        fh.flush()
+        report_id = resources.diagnostic_report.id
+        return Written(
+            report_ref=f"DiagnosticReport/{report_id}",
+            location=str(self.out_dir / "DiagnosticReport.ndjson"),
+        )
+
+    def close(self) -> None:
+        return None
+
+
+def _ids_in(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids: set[str] = set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                ids.add(str(json.loads(line)["id"]))
+    return ids
+
+
+class FhirServerWriter:
+    """PUT each resource to a FHIR R4 server (update-as-create with a deterministic id)."""
+
+    def __init__(
+        self, base_url: str, *, timeout_s: float, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            timeout=timeout_s,
+            transport=transport,
+            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
+        )
+
+    def write(self, resources: ReportResources) -> Written:
+        version = ""
+        for res in _ordered(resources):
+            url = f"{self.base_url}/{res['resourceType']}/{res['id']}"
+            try:
+                resp = self._client.put(url, content=json.dumps(res))
+            except httpx.HTTPError as exc:
+                raise WriteBackError(
+                    f"PUT {res['resourceType']}/{res['id']} failed: {exc.__class__.__name__}",
+                    transient=True,
+                ) from exc
+            if resp.status_code >= 300:
+                raise WriteBackError(
+                    f"PUT {res['resourceType']}/{res['id']} -> {resp.status_code}: "
+                    f"{_outcome_text(resp)}",
+                    transient=resp.status_code >= 500 or resp.status_code in (408, 429),
+                    status=resp.status_code,
+                )
+            if res["resourceType"] == "DiagnosticReport":
+                version = str((resp.json().get("meta") or {}).get("versionId") or "")
+        report_id = resources.diagnostic_report.id
+        ref = f"DiagnosticReport/{report_id}" + (f"/_history/{version}" if version else "")
+        return Written(report_ref=ref, location=f"{self.base_url}/DiagnosticReport/{report_id}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _outcome_text(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    issues = body.get("issue") if isinstance(body, dict) else None
+    if not issues:
+        return resp.text[:200]
+    return "; ".join(
+        str(i.get("details", {}).get("text") or i.get("diagnostics") or i.get("code"))
+        for i in issues
+    )[:500]

@@ -1,0 +1,406 @@
+"""FHIR R4 (4.0.1) ECG Observation / Bundle <-> EcgRecord, via `fhir.resources.R4B`.
+
+Inbound, as in the core spec's ECG example (``Observation/ekg``): code MDC 131328
+(MDC_ECG_ELEC_POTL), one `component` per lead coded MDC (``131329`` ...; any spelling
+`mappers.leads.canonical_lead` accepts, in a coding code/display or the text) with
+`valueSampledData`: sample = origin.value + factor * data value, in the UCUM unit of the
+origin (``uV``, ``mV``, ``V``; `code`, else `unit`), period in ms, dimensions 1. R5
+SampledData (``interval`` + ``intervalUnit``) is accepted and converted to an R4 period
+before validation. Components whose code is not one of the 12 standard leads are ignored;
+a lead sent twice is a `LeadError`.
+
+Identity: `record_id` = first identifier ``system|value`` (``value`` alone when it has no
+system), else ``Observation/<id>``. `identifiers` gets ``("observation", "Observation/<id>")``
+and ``("version", meta.versionId or "")``. Demographics come from an optional Patient: gender,
+and birthDate + effective time -> age in whole years.
+
+Outbound (`record_to_observation`, `patient_resource`) is in `mappers.fhir_ecg_out`; the
+report side (DiagnosticReport, Observations, Provenance) in `mappers.fhir_report`. Both
+are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from fhir.resources.R4B.observation import Observation, ObservationComponent
+from fhir.resources.R4B.patient import Patient
+
+from inference.errors import EcgValidationError
+from inference.record import LEADS_12, Demographics, EcgRecord, PatientRef, Sex
+from mappers.errors import (
+    DataTypeError,
+    FhirResourceError,
+    LeadError,
+    MappingError,
+    MissingFieldError,
+    WaveformError,
+)
+from mappers.fhir_ecg_out import ECG_CODE, ECG_REFID, patient_resource, record_to_observation
+from mappers.fhir_json import (
+    UCUM,
+    parse_json_object,
+    resource_json,
+    validate_resource,
+)
+from mappers.fhir_report import ReportResources, build_report, report_bundle
+from mappers.leads import canonical_lead
+from mappers.sample_codec import parse_decimals, to_millivolts, voltage_unit
+
+__all__ = [
+    "ReportResources",
+    "build_report",
+    "bundle_to_records",
+    "observation_to_record",
+    "patient_resource",
+    "record_to_observation",
+    "report_bundle",
+    "resource_json",
+]
+
+_INTERVAL_MS = {"ms": Decimal(1), "s": Decimal(1000), "us": Decimal("0.001")}
+_GENDER = {"male": Sex.MALE, "female": Sex.FEMALE}
+
+
+def observation_to_record(
+    obj: Mapping[str, Any] | bytes | str, *, patient: Mapping[str, Any] | None = None
+) -> EcgRecord:
+    """An ECG Observation (JSON text or object), and optionally its Patient -> `EcgRecord`.
+
+    Raises `FhirResourceError` (invalid R4, not an ECG), `MissingFieldError` (no SampledData,
+    no unit, no identity), `LeadError`, `WaveformError` or `DataTypeError`.
+    """
+    try:
+        data = parse_json_object(obj, root="Observation")
+        return _to_record(data, patient, path="Observation", patient_path="Patient")
+    except MappingError:
+        raise
+    except EcgValidationError as exc:
+        raise WaveformError(str(exc), location="Observation") from exc
+    except Exception as exc:
+        raise FhirResourceError(
+            f"malformed Observation ({type(exc).__name__})", location="Observation"
+        ) from exc
+
+
+def bundle_to_records(obj: Mapping[str, Any] | bytes | str) -> list[tuple[int, EcgRecord]]:
+    """The ECG Observations of a Bundle (any type) as ``(entry index, record)`` pairs.
+
+    Each Observation's subject is resolved against the Bundle's Patients by fullUrl or
+    ``Patient/<id>``. Non-ECG entries are skipped; a Bundle without any ECG Observation is a
+    `MissingFieldError`. Locations read ``Bundle.entry[3].resource...``.
+    """
+    try:
+        return _bundle_to_records(obj)
+    except MappingError:
+        raise
+    except EcgValidationError as exc:
+        raise WaveformError(str(exc), location="Bundle") from exc
+    except Exception as exc:
+        raise FhirResourceError(
+            f"malformed Bundle ({type(exc).__name__})", location="Bundle"
+        ) from exc
+
+
+def _bundle_to_records(obj: Mapping[str, Any] | bytes | str) -> list[tuple[int, EcgRecord]]:
+    data = parse_json_object(obj, root="Bundle")
+    entries = data.get("entry") or []
+    if not isinstance(entries, list):
+        raise FhirResourceError("Bundle.entry must be an array", location="Bundle.entry")
+    patients: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(resource, Mapping) and resource.get("resourceType") == "Patient":
+            if isinstance(entry.get("fullUrl"), str):
+                patients[entry["fullUrl"]] = (i, resource)
+            if isinstance(resource.get("id"), str):
+                patients[f"Patient/{resource['id']}"] = (i, resource)
+    out: list[tuple[int, EcgRecord]] = []
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping) or resource.get("resourceType") != "Observation":
+            continue
+        if not _is_ecg_code(resource.get("code")):
+            continue
+        found = _resolve_subject(resource.get("subject"), patients)
+        patient_data, patient_path = (None, "Patient")
+        if found is not None:
+            patient_data, patient_path = found[1], f"Bundle.entry[{found[0]}].resource"
+        record = _to_record(
+            dict(resource),
+            patient_data,
+            path=f"Bundle.entry[{i}].resource",
+            patient_path=patient_path,
+        )
+        out.append((i, record))
+    if not out:
+        raise MissingFieldError(
+            "Bundle holds no ECG Observation (MDC 131328)", location="Bundle.entry"
+        )
+    return out
+
+
+def _resolve_subject(
+    subject: Any, patients: Mapping[str, tuple[int, Mapping[str, Any]]]
+) -> tuple[int, Mapping[str, Any]] | None:
+    if not isinstance(subject, Mapping) or not isinstance(subject.get("reference"), str):
+        return None
+    ref: str = subject["reference"]
+    if ref in patients:
+        return patients[ref]
+    for key, value in patients.items():
+        if key.endswith("/" + ref) or ref.endswith("/" + key):
+            return value
+    return None
+
+
+def _is_ecg_code(code: Any) -> bool:
+    if not isinstance(code, Mapping):
+        return False
+    for coding in code.get("coding") or []:
+        if isinstance(coding, Mapping) and (
+            str(coding.get("code")) in (ECG_CODE, ECG_REFID) or coding.get("display") == ECG_REFID
+        ):
+            return True
+    return False
+
+
+def _r5_sampled_data_to_r4(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Rewrite R5 SampledData (interval + intervalUnit) as R4 (period in ms), in a copy."""
+    components = data.get("component")
+    if not isinstance(components, list):
+        return data
+    new_components: list[Any] = []
+    for i, comp in enumerate(components):
+        sd = comp.get("valueSampledData") if isinstance(comp, Mapping) else None
+        if isinstance(sd, Mapping) and "interval" in sd and "period" not in sd:
+            sd = dict(sd)
+            unit = str(sd.pop("intervalUnit", "ms"))
+            if unit not in _INTERVAL_MS:
+                raise WaveformError(
+                    f"intervalUnit {unit[:10]!r} is not ms, s or us",
+                    location=f"{path}.component[{i}].valueSampledData.intervalUnit",
+                )
+            try:
+                sd["period"] = Decimal(str(sd.pop("interval"))) * _INTERVAL_MS[unit]
+            except ArithmeticError:
+                raise WaveformError(
+                    "interval is not a number",
+                    location=f"{path}.component[{i}].valueSampledData.interval",
+                ) from None
+            comp = {**comp, "valueSampledData": sd}
+        new_components.append(comp)
+    return {**data, "component": new_components}
+
+
+def _lead_of(comp: ObservationComponent) -> str | None:
+    if comp.code is None:
+        return None
+    texts = [c.code for c in comp.code.coding or []] + [c.display for c in comp.code.coding or []]
+    texts.append(comp.code.text)
+    for text in texts:
+        if text:
+            try:
+                return canonical_lead(str(text))
+            except LeadError:
+                continue
+    return None
+
+
+def _samples(comp: ObservationComponent, loc: str) -> tuple[npt.NDArray[np.float32], Decimal]:
+    sd = comp.valueSampledData
+    loc = f"{loc}.valueSampledData"
+    if sd is None:
+        raise MissingFieldError("lead component has no valueSampledData", location=loc)
+    if sd.dimensions != 1:
+        raise WaveformError("only dimensions = 1 is supported", location=f"{loc}.dimensions")
+    if not sd.data:
+        raise MissingFieldError("SampledData has no data", location=f"{loc}.data")
+    if sd.origin is None:
+        raise MissingFieldError("SampledData has no origin", location=f"{loc}.origin")
+    unit_text = sd.origin.code if sd.origin.code and sd.origin.system in (None, UCUM) else None
+    unit_text = unit_text or sd.origin.unit or sd.origin.code
+    if not unit_text:
+        raise MissingFieldError("SampledData origin has no unit", location=f"{loc}.origin.code")
+    unit = voltage_unit(unit_text)
+    if unit is None:
+        raise WaveformError(
+            f"unit {unit_text[:20]!r} is not a voltage (uV, mV, V)", location=f"{loc}.origin.code"
+        )
+    if sd.period is None:
+        raise MissingFieldError("SampledData has no period", location=f"{loc}.period")
+    period = Decimal(sd.period)
+    if not period.is_finite() or period <= 0:
+        raise WaveformError("period must be positive", location=f"{loc}.period")
+    try:
+        values = parse_decimals(sd.data, None)
+    except ValueError:
+        raise WaveformError("data holds non-numeric values", location=f"{loc}.data") from None
+    factor = Decimal(sd.factor) if sd.factor is not None else Decimal(1)
+    if factor != 1:
+        exponent = factor.normalize().as_tuple()
+        if exponent.digits == (1,) and isinstance(exponent.exponent, int) and exponent.sign == 0:
+            # a power of ten: divide exactly rather than multiply by an inexact float
+            values = (
+                values / 10.0 ** (-exponent.exponent)
+                if exponent.exponent < 0
+                else (values * 10.0**exponent.exponent)
+            )
+        else:
+            values = values * float(factor)
+    origin = float(sd.origin.value) if sd.origin.value is not None else 0.0
+    if origin:
+        values = values + origin
+    return to_millivolts(values, unit), period
+
+
+def _age_years(birth: Any, at: datetime | None, location: str) -> float | None:
+    if birth is None or at is None:
+        return None
+    if isinstance(birth, date):
+        born = birth
+    else:  # partial date "YYYY" or "YYYY-MM": take the first day of the period
+        parts = str(birth).split("-")
+        born = date(int(parts[0]), int(parts[1]) if len(parts) > 1 else 1, 1)
+    today = at.date()
+    years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    if not 0 <= years <= 130:
+        raise DataTypeError("birthDate gives an age outside 0-130 years", location=location)
+    return float(years)
+
+
+def _effective(obs: Observation) -> datetime | None:
+    for value in (
+        obs.effectiveInstant,
+        obs.effectiveDateTime,
+        obs.effectivePeriod.start if obs.effectivePeriod else None,
+    ):
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
+
+
+def _to_record(
+    data: dict[str, Any],
+    patient_data: Mapping[str, Any] | None,
+    *,
+    path: str,
+    patient_path: str,
+) -> EcgRecord:
+    obs = validate_resource(Observation, _r5_sampled_data_to_r4(data, path), path=path)
+    if obs.code is None:
+        raise MissingFieldError("Observation has no code", location=f"{path}.code")
+    if not _is_ecg_code(obs.code.model_dump(mode="json")):
+        raise FhirResourceError(
+            "not an ECG Observation: code must be MDC 131328 (MDC_ECG_ELEC_POTL)",
+            location=f"{path}.code",
+        )
+    if not obs.component:
+        raise MissingFieldError(
+            "ECG Observation has no lead components", location=f"{path}.component"
+        )
+    leads: dict[str, tuple[int, npt.NDArray[np.float32], Decimal]] = {}
+    for i, comp in enumerate(obs.component):
+        loc = f"{path}.component[{i}]"
+        lead = _lead_of(comp)
+        if lead is None:
+            continue
+        if lead in leads:
+            raise LeadError(
+                f"lead {lead} sent twice (first in component[{leads[lead][0]}])",
+                location=f"{loc}.code",
+            )
+        values, period = _samples(comp, loc)
+        leads[lead] = (i, values, period)
+    missing = [lead for lead in LEADS_12 if lead not in leads]
+    if missing:
+        raise LeadError(f"missing leads {', '.join(missing)}", location=f"{path}.component")
+    i_ref, ref, period_ref = leads[LEADS_12[0]]
+    for lead in LEADS_12[1:]:
+        i, values, period = leads[lead]
+        loc = f"{path}.component[{i}].valueSampledData"
+        if period != period_ref:
+            raise WaveformError(
+                f"lead {lead} period {period} ms differs from lead I's {period_ref} ms",
+                location=f"{loc}.period",
+            )
+        if values.shape != ref.shape:
+            raise WaveformError(
+                f"lead {lead} has {values.size} samples but lead I (component[{i_ref}]) has "
+                f"{ref.size}",
+                location=f"{loc}.data",
+            )
+    fs_hz = 1000.0 / float(period_ref)
+    if math.isfinite(fs_hz) and abs(fs_hz - round(fs_hz)) < 1e-6:
+        fs_hz = float(round(fs_hz))
+
+    record_id = _record_id(obs, path)
+    acquired_at = _effective(obs)
+    patient_ref, demographics = _subject(obs, patient_data, acquired_at, patient_path)
+    identifiers = []
+    if obs.id:
+        identifiers.append(("observation", f"Observation/{obs.id}"))
+    identifiers.append(("version", (obs.meta.versionId if obs.meta else None) or ""))
+    try:
+        return EcgRecord(
+            signals_mv=np.stack([leads[lead][1] for lead in LEADS_12]),
+            lead_names=LEADS_12,
+            fs_hz=fs_hz,
+            record_id=record_id,
+            acquired_at=acquired_at,
+            patient=patient_ref,
+            demographics=demographics,
+            identifiers=tuple(identifiers),
+        )
+    except EcgValidationError as exc:
+        raise WaveformError(str(exc), location=f"{path}.component") from exc
+
+
+def _record_id(obs: Observation, path: str) -> str:
+    for ident in obs.identifier or []:
+        if ident.value:
+            return f"{ident.system}|{ident.value}" if ident.system else str(ident.value)
+    if obs.id:
+        return f"Observation/{obs.id}"
+    raise MissingFieldError(
+        "ECG Observation has neither an identifier nor an id", location=f"{path}.identifier"
+    )
+
+
+def _subject(
+    obs: Observation,
+    patient_data: Mapping[str, Any] | None,
+    at: datetime | None,
+    patient_path: str,
+) -> tuple[PatientRef | None, Demographics]:
+    reference = system = value = None
+    if obs.subject is not None:
+        reference = obs.subject.reference
+        if obs.subject.identifier is not None:
+            system, value = obs.subject.identifier.system, obs.subject.identifier.value
+    demographics = Demographics()
+    if patient_data is not None:
+        data = parse_json_object(patient_data, root="Patient")
+        patient = validate_resource(Patient, data, path=patient_path)
+        if value is None:
+            for ident in patient.identifier or []:
+                if ident.value:
+                    system, value = ident.system, ident.value
+                    break
+        if reference is None and patient.id:
+            reference = f"Patient/{patient.id}"
+        demographics = Demographics(
+            age_years=_age_years(patient.birthDate, at, f"{patient_path}.birthDate"),
+            sex=_GENDER.get(str(patient.gender), Sex.UNKNOWN),
+        )
+    if reference is None and value is None:
+        return None, demographics
+    return PatientRef(reference=reference, system=system, value=value), demographics

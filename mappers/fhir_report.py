@@ -1,0 +1,291 @@
+"""AnalysisResult -> FHIR R4 (4.0.1) DiagnosticReport + Observations + Provenance (R4B models).
+
+Choices (decision support, not a diagnosis):
+
+* DiagnosticReport: id = `report_id`, identifier ``urn:ecgbridge:report|<report_id>``,
+  category v2-0074 ``EC`` (Electrocardiac; ``CG`` in that table is Cytogenetics), code LOINC
+  11524-6 "EKG study". Status ``final`` when analysed; ``cancelled`` when the quality gate
+  refused the ECG (FHIR: "the report is unavailable because the measurement was not started
+  or not completed") - the conclusion then says "not analysed: <problems>".
+* conclusionCode: SNOMED CT 164865005 "ECG: myocardial infarction" when triage is positive
+  (the finding the model's MI / injury proxy labels stand for). None when negative: the model
+  does not assess the whole ECG, so "ECG normal" (164854000) would claim more than it knows.
+* One Observation for the triage probability (``<report_id>-triage``) and one per territory
+  (``<report_id>-territory-<vessel>``), valueQuantity in UCUM ``%``, interpretation v3 ``H``
+  (at or above the decision threshold) or ``N``, the threshold as referenceRange.high.
+  Referenced from `DiagnosticReport.result` as ``Observation/<id>``.
+* Every AI-made resource carries the security label v3-ObservationValue ``AIAST``
+  (HL7 AI Transparency on FHIR). Provenance targets the report and the observations, with
+  agent type ``author``, who = the model (identifier ``urn:ecgbridge:model|<version>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.provenance import Provenance
+
+from inference.record import EcgRecord
+from inference.result import AnalysisResult, TerritoryFinding
+from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
+
+REPORT_SYSTEM = "urn:ecgbridge:report"
+MODEL_SYSTEM = "urn:ecgbridge:model"
+OBSERVATION_SYSTEM = "urn:ecgbridge:observation"
+DISCLAIMER = "Not a diagnosis."
+
+AIAST = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "AIAST",
+    "display": "Artificial Intelligence asserted",
+}
+_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_VESSEL_NAMES = {
+    "LAD": "Left anterior descending coronary artery",
+    "RCA": "Right coronary artery",
+    "LCx": "Left circumflex coronary artery",
+}
+
+
+@dataclass(frozen=True)
+class ReportResources:
+    """The FHIR resources written back for one analysis."""
+
+    diagnostic_report: DiagnosticReport
+    observations: tuple[Observation, ...]
+    provenance: Provenance
+
+
+def _instant(when: datetime) -> str:
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def _percent(value: float) -> dict[str, Any]:
+    # 4 decimals of a percent (1e-6 of probability): the stored value is the model's own.
+    return {"value": round(value * 100.0, 4), "unit": "%", "system": UCUM, "code": "%"}
+
+
+def _interpretation(positive: bool) -> list[dict[str, Any]]:
+    code, display = ("H", "High") if positive else ("N", "Normal")
+    return [{"coding": [{"system": _INTERPRETATION, "code": code, "display": display}]}]
+
+
+def _subject(record: EcgRecord) -> dict[str, Any] | None:
+    patient = record.patient
+    if patient is None:
+        return None
+    if patient.reference:
+        return {"reference": patient.reference}
+    ident = {"value": patient.value}
+    if patient.system:
+        ident["system"] = patient.system
+    return {"identifier": ident}
+
+
+def _observation(
+    obs_id: str,
+    *,
+    code: str,
+    text: str,
+    probability: float,
+    threshold: float,
+    common: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "meta": {"security": [AIAST]},
+        "status": "final",
+        "code": {
+            "coding": [{"system": OBSERVATION_SYSTEM, "code": code, "display": text}],
+            "text": text,
+        },
+        **common,
+        "valueQuantity": _percent(probability),
+        "interpretation": _interpretation(probability >= threshold),
+        "referenceRange": [{"high": _percent(threshold), "text": "decision threshold"}],
+        "note": [{"text": f"AI decision support. {DISCLAIMER}"}],
+        **(extra or {}),
+    }
+
+
+def _territory_text(t: TerritoryFinding) -> str:
+    return f"{t.territory} ({t.vessel}) {t.probability:.0%}"
+
+
+def conclusion_text(result: AnalysisResult) -> str:
+    """The report's conclusion: what the model says, and that it is not a diagnosis."""
+    if result.triage is None:
+        problems = "; ".join(result.quality.problems) or "signal quality insufficient"
+        return f"AI decision support: ECG not analysed: {problems}. {DISCLAIMER}"
+    triage = result.triage
+    verdict = "LIKELY" if triage.positive else "not detected"
+    parts = [
+        f"AI decision support: acute MI / injury pattern {verdict} "
+        f"(probability {triage.probability:.0%}, threshold {triage.threshold:.0%})."
+    ]
+    positive = [t for t in result.territories if t.positive]
+    if positive:
+        parts.append(
+            "Suspected culprit territory: " + ", ".join(_territory_text(t) for t in positive) + "."
+        )
+    parts.append("Stenosis >70%: not assessed.")
+    if not triage.positive:
+        parts.append("A negative result does not rule out MI.")
+    parts.append(DISCLAIMER)
+    return " ".join(parts)
+
+
+def build_report(
+    result: AnalysisResult, record: EcgRecord, *, report_id: str, issued: datetime
+) -> ReportResources:
+    """The DiagnosticReport, its Observations and the Provenance for one analysis.
+
+    Every resource is validated as R4 (`fhir.resources.R4B`); ids derive from `report_id`.
+    """
+    model_name = f"ecgbridge model {result.model_version}"
+    common: dict[str, Any] = {"issued": _instant(issued)}
+    subject = _subject(record)
+    if subject:
+        common["subject"] = subject
+    if record.acquired_at is not None:
+        common["effectiveDateTime"] = _instant(record.acquired_at)
+
+    observations: list[dict[str, Any]] = []
+    if result.triage is not None:
+        observations.append(
+            _observation(
+                f"{report_id}-triage",
+                code="mi-injury-probability",
+                text="Acute MI / injury probability",
+                probability=result.triage.probability,
+                threshold=result.triage.threshold,
+                common=common,
+                extra={"device": {"display": model_name}},
+            )
+        )
+        for t in result.territories:
+            observations.append(
+                _observation(
+                    f"{report_id}-territory-{t.vessel.lower()}",
+                    code=f"culprit-territory-{t.territory}",
+                    text=f"Culprit territory probability: {t.territory} ({t.vessel})",
+                    probability=t.probability,
+                    threshold=t.threshold,
+                    common=common,
+                    extra={
+                        "bodySite": {"text": _VESSEL_NAMES.get(t.vessel, t.vessel)},
+                        "device": {"display": model_name},
+                    },
+                )
+            )
+    obs_refs = [{"reference": f"Observation/{o['id']}"} for o in observations]
+
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": report_id,
+        "meta": {"security": [AIAST]},
+        "identifier": [{"system": REPORT_SYSTEM, "value": report_id}],
+        "status": "final" if result.analysed else "cancelled",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                        "code": "EC",
+                        "display": "Electrocardiac (e.g., EKG, EEC, Holter)",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": LOINC, "code": "11524-6", "display": "EKG study"}],
+            "text": "AI ECG triage (acute MI / occlusion)",
+        },
+        **common,
+        "conclusion": conclusion_text(result),
+    }
+    if obs_refs:
+        report["result"] = obs_refs
+    if result.triage is not None and result.triage.positive:
+        report["conclusionCode"] = [
+            {
+                "coding": [
+                    {"system": SNOMED, "code": "164865005", "display": "ECG: myocardial infarction"}
+                ],
+                "text": "Acute MI / injury pattern (AI decision support)",
+            }
+        ]
+
+    source: dict[str, Any] = {"display": "source ECG"}
+    source_obs = record.identifier("observation")
+    if source_obs:
+        source["reference"] = source_obs
+    else:
+        source["identifier"] = {"value": record.record_id}
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": f"{report_id}-provenance",
+        "target": [{"reference": f"DiagnosticReport/{report_id}"}, *obs_refs],
+        "recorded": _instant(issued),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE",
+                    "display": "create",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/"
+                            "provenance-participant-type",
+                            "code": "author",
+                            "display": "Author",
+                        }
+                    ]
+                },
+                "who": {
+                    "identifier": {"system": MODEL_SYSTEM, "value": result.model_version},
+                    "display": model_name,
+                },
+            }
+        ],
+        "entity": [{"role": "source", "what": source}],
+    }
+    if result.analysed_at is not None:
+        provenance["occurredDateTime"] = _instant(result.analysed_at)
+
+    return ReportResources(
+        diagnostic_report=validate_resource(DiagnosticReport, report, path="DiagnosticReport"),
+        observations=tuple(
+            validate_resource(Observation, o, path="Observation") for o in observations
+        ),
+        provenance=validate_resource(Provenance, provenance, path="Provenance"),
+    )
+
+
+def report_bundle(
+    resources: ReportResources, *, bundle_type: str = "transaction"
+) -> dict[str, Any]:
+    """The report resources as one Bundle JSON; in a transaction each entry is an idempotent
+    ``PUT <type>/<id>`` so a retried write-back does not duplicate."""
+    entries = []
+    for model in (resources.diagnostic_report, *resources.observations, resources.provenance):
+        data = resource_json(model)
+        entry: dict[str, Any] = {"resource": data}
+        if bundle_type in ("transaction", "batch"):
+            entry["request"] = {"method": "PUT", "url": f"{data['resourceType']}/{data['id']}"}
+        entries.append(entry)
+    bundle = {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
+    return resource_json(validate_resource(Bundle, bundle, path="Bundle"))

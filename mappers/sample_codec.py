@@ -1,0 +1,90 @@
+"""Decimal text <-> float32 millivolt samples, for HL7 v2 NA/NM values and FHIR SampledData.
+
+Voltage units are UCUM codes (``uV``, ``mV``, ``V``). Writing picks the fewest decimals
+(down to 1 nV resolution) that reproduce the float32 samples exactly, so integer-microvolt
+data such as PTB-XL travels as integers and reads back bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+#: Canonical UCUM voltage unit -> how many of them make one millivolt (as an exact divisor
+#: or multiplier: uV values are divided by 1000, V values multiplied by 1000).
+_PER_MV: dict[str, float] = {"uV": 1000.0, "mV": 1.0, "V": 0.001}
+
+_ALIASES: dict[str, str] = {
+    "uv": "uV",
+    "µv": "uV",  # micro sign
+    "μv": "uV",  # Greek mu
+    "microvolt": "uV",
+    "microvolts": "uV",
+    "mv": "mV",
+    "millivolt": "mV",
+    "millivolts": "mV",
+    "v": "V",
+    "volt": "V",
+    "volts": "V",
+}
+
+#: Finest resolution written: 1 nV, i.e. 3 decimals in uV, 6 in mV, 9 in V.
+_MAX_DECIMALS: dict[str, int] = {"uV": 3, "mV": 6, "V": 9}
+
+
+def voltage_unit(text: str) -> str | None:
+    """The canonical UCUM voltage unit (``uV``/``mV``/``V``) for `text`, or None if not a voltage.
+
+    Case-insensitive (``MV`` is taken as millivolts: no ECG is sent in megavolts).
+    """
+    return _ALIASES.get(text.strip().lower())
+
+
+def to_millivolts(values: npt.NDArray[np.float64], unit: str) -> npt.NDArray[np.float32]:
+    """Values in a canonical voltage unit -> float32 mV (exact division for uV)."""
+    per_mv = _PER_MV[unit]
+    with np.errstate(over="ignore"):  # out-of-range values become inf, refused downstream
+        if per_mv == 1.0:
+            return values.astype(np.float32)
+        if per_mv > 1.0:
+            return (values / per_mv).astype(np.float32)
+        return (values * (1.0 / per_mv)).astype(np.float32)
+
+
+def parse_decimals(text: str, sep: str | None) -> npt.NDArray[np.float64]:
+    """Split `text` on `sep` (None: whitespace) and parse decimals. ValueError if any is not one."""
+    parts = text.split(sep)
+    if not parts or (len(parts) == 1 and not parts[0].strip()):
+        raise ValueError("no samples")
+    values = np.array(parts, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("samples contain NaN or infinity")
+    return values
+
+
+def quantize(values_mv: npt.NDArray[np.float32], unit: str) -> tuple[npt.NDArray[np.int64], int]:
+    """Samples in `unit` as integers at 10**-decimals resolution, with the fewest decimals.
+
+    Returns ``(ints, decimals)``: the sample in `unit` is ``ints / 10**decimals``. Uses the
+    fewest decimals whose values read back (`to_millivolts`) to the same float32, down to
+    1 nV resolution (rounding below that otherwise).
+    """
+    per_mv = _PER_MV[unit]
+    in_unit = values_mv.astype(np.float64) * per_mv
+    ints = np.zeros(values_mv.shape, dtype=np.int64)
+    max_decimals = _MAX_DECIMALS[unit]
+    for decimals in range(max_decimals + 1):
+        ints = np.rint(in_unit * 10.0**decimals).astype(np.int64)
+        back = to_millivolts(ints / 10.0**decimals, unit)
+        if np.array_equal(back, values_mv):
+            return ints, decimals
+    return ints, max_decimals
+
+
+def format_samples(values_mv: npt.NDArray[np.float32], unit: str, sep: str) -> str:
+    """Samples as decimal text in `unit`, joined by `sep` (see `quantize`)."""
+    ints, decimals = quantize(values_mv, unit)
+    if decimals == 0:
+        return sep.join(map(str, ints.tolist()))
+    scaled = ints / 10.0**decimals
+    return sep.join(f"{v:.{decimals}f}" for v in scaled.tolist())

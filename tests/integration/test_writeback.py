@@ -1,0 +1,99 @@
+"""Write-back: the ndjson sink and the FHIR writer (in-memory transport twin; the real
+FHIR server path is in tests/e2e)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inference.analyzer import Analyzer
+from integration.errors import WriteBackError
+from integration.pipeline import report_identity
+from integration.samples import load_samples
+from integration.writeback import FhirServerWriter, NdjsonSink
+from mappers.fhir_r4 import ReportResources, build_report
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def resources() -> ReportResources:
+    sample = load_samples()[0]
+    analyzer = Analyzer.load(device="cpu")
+    result = analyzer.analyze(sample.record, now=NOW)
+    rid = report_identity("hl7:WARD|X1", analyzer.model_version)
+    return build_report(result, sample.record, report_id=rid, issued=NOW)
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_report_identity_is_deterministic_and_a_valid_fhir_id() -> None:
+    a = report_identity("hl7:WARD|1", "m1")
+    assert a == report_identity("hl7:WARD|1", "m1")
+    assert a != report_identity("hl7:WARD|1", "m2")
+    assert a != report_identity("hl7:WARD|2", "m1")
+    assert len(a) <= 64 and all(c.isalnum() or c in "-." for c in a)
+
+
+def test_ndjson_sink_writes_each_resource_once(tmp_path: Path, resources: ReportResources) -> None:
+    sink = NdjsonSink(tmp_path)
+    first = sink.write(resources)
+    sink.write(resources)
+    reports = _lines(tmp_path / "DiagnosticReport.ndjson")
+    assert [r["id"] for r in reports] == [resources.diagnostic_report.id]
+    assert len(_lines(tmp_path / "Observation.ndjson")) == len(resources.observations)
+    assert len(_lines(tmp_path / "Provenance.ndjson")) == 1
+    assert first.report_ref == f"DiagnosticReport/{resources.diagnostic_report.id}"
+
+
+def test_fhir_writer_puts_every_resource_at_its_id(resources: ReportResources) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.method, request.url.path))
+        assert request.url.path.endswith(f"/{body['resourceType']}/{body['id']}")
+        return httpx.Response(200, json=body | {"meta": {"versionId": "3"}})
+
+    writer = FhirServerWriter(
+        "http://ehr/fhir", timeout_s=5, transport=httpx.MockTransport(handler)
+    )
+    written = writer.write(resources)
+    assert all(m == "PUT" for m, _ in seen)
+    assert seen[-2][1] == f"/fhir/DiagnosticReport/{resources.diagnostic_report.id}"
+    assert written.report_ref.endswith("/_history/3")
+
+
+@pytest.mark.parametrize(("status", "transient"), [(503, True), (429, True), (422, False)])
+def test_fhir_writer_classifies_errors(
+    resources: ReportResources, status: int, transient: bool
+) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad subject"}],
+    }
+    writer = FhirServerWriter(
+        "http://ehr/fhir",
+        timeout_s=5,
+        transport=httpx.MockTransport(lambda r: httpx.Response(status, json=outcome)),
+    )
+    with pytest.raises(WriteBackError) as err:
+        writer.write(resources)
+    assert err.value.transient is transient
+    assert "bad subject" in str(err.value)
+
+
+def test_fhir_writer_timeout_is_transient(resources: ReportResources) -> None:
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    writer = FhirServerWriter("http://ehr/fhir", timeout_s=5, transport=httpx.MockTransport(boom))
+    with pytest.raises(WriteBackError) as err:
+        writer.write(resources)
+    assert err.value.transient
