@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # The model loads in worker_process_init; give a busy machine time for it.
+        worker_proc_alive_timeout=120,
         task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
         task_time_limit=TASK_TIME_LIMIT_S,
         task_ignore_result=True,

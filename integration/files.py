@@ -61,9 +61,13 @@ def _looks_like_wfdb_header(path: Path) -> bool:
 def _wfdb(path: Path) -> FileEcg:
     import wfdb
 
-    from mappers.wfdb_in import record_from_wfdb
+    from mappers.wfdb_in import check_header_text, record_from_wfdb
 
     base = path.with_suffix("")
+    try:
+        check_header_text(base.with_suffix(".hea").read_text(errors="replace"))
+    except MappingError as exc:
+        raise InputFileError(str(exc), path=str(path), field=exc.location) from exc
     try:
         rec = wfdb.rdrecord(str(base))
     except Exception as exc:  # wfdb raises bare ValueErrors, IndexErrors, FileNotFoundErrors

@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
 from inference.analyzer import Analyzer
 from integration.celery_app import ANALYZE_TASK
@@ -40,6 +41,11 @@ def register(app: Celery, settings: Settings) -> None:
     @cache
     def state() -> _WorkerState:
         return _WorkerState(settings)
+
+    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _preload(**_: Any) -> None:
+        # Load the model when a worker process starts, not when its first ECG arrives.
+        state()
 
     @app.task(  # type: ignore[untyped-decorator]
         name=ANALYZE_TASK,

@@ -171,3 +171,51 @@ def record_from_wfdb(rec: wfdb.Record, *, record_id: str | None = None) -> EcgRe
         )
     except EcgValidationError as exc:
         raise WaveformError(str(exc), location=exc.field) from exc
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def check_header_text(text: str) -> None:
+    """Check the numeric fields of a WFDB header (PhysioNet WFDB header format).
+
+    wfdb-python silently falls back to defaults on some malformed fields (a non-numeric
+    sampling frequency reads as 250 Hz), which would misread an ECG without a word. This
+    check refuses such headers first; `location` names the field (``fs``, ``n_sig``,
+    ``signal[3].gain``...).
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise MissingFieldError("the header has no record line", location="record line")
+    fields = lines[0].split()
+    if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) == 0:
+        raise WaveformError("number of signals is not a positive integer", location="n_sig")
+    n_sig = int(fields[1])
+    if len(fields) >= 3:
+        fs = _number(fields[2].split("/")[0].split("(")[0])
+        if fs is None or fs <= 0:
+            raise WaveformError(
+                f"sampling frequency {fields[2]!r} is not a positive number", location="fs"
+            )
+    if len(fields) >= 4 and not fields[3].isdigit():
+        raise WaveformError(f"signal length {fields[3]!r} is not an integer", location="sig_len")
+    signal_lines = lines[1 : 1 + n_sig]
+    if len(signal_lines) < n_sig:
+        raise MissingFieldError(
+            f"header declares {n_sig} signals but has {len(signal_lines)} signal lines",
+            location="signal lines",
+        )
+    for i, line in enumerate(signal_lines):
+        parts = line.split()
+        if len(parts) >= 3:
+            gain = _number(parts[2].split("/")[0].split("(")[0])
+            if gain is None:
+                raise WaveformError(
+                    f"ADC gain {parts[2]!r} is not a number", location=f"signal[{i}].gain"
+                )
