@@ -97,7 +97,7 @@ def _wait_reports(sent: list[Sent], http: httpx.Client) -> None:
             if s.done_at is not None:
                 continue
             resp = http.get(s.poll)
-            if resp.status_code == 200 and resp.json()["status"] in ("done", "failed"):
+            if resp.status_code == 200 and resp.json()["status"] in ("done", "dead_letter"):
                 s.done_at = time.monotonic()
                 s.status = resp.json()
         time.sleep(0.1)

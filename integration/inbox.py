@@ -42,7 +42,9 @@ class Status(StrEnum):
     ACCEPTED = "accepted"
     PROCESSING = "processing"
     DONE = "done"
-    FAILED = "failed"
+    #: Given up after retries or a permanent error; `error` says why. Never re-queued by
+    #: the reconciler; an operator re-queues it after fixing the cause.
+    DEAD_LETTER = "dead_letter"
 
 
 class ContentType(StrEnum):
@@ -243,16 +245,23 @@ class Inbox:
         return self._one(select(inbox_table).where(inbox_table.c.idem_key == idem_key))
 
     def mark_processing(self, item_id: str) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                update(inbox_table)
-                .where(inbox_table.c.id == item_id)
-                .values(
-                    status=Status.PROCESSING.value,
-                    attempts=inbox_table.c.attempts + 1,
-                    updated_at=_now(),
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(inbox_table)
+                    .where(inbox_table.c.id == item_id)
+                    .values(
+                        status=Status.PROCESSING.value,
+                        attempts=inbox_table.c.attempts + 1,
+                        updated_at=_now(),
+                    )
                 )
-            )
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox update failed: {exc.__class__.__name__}") from exc
+
+    def touch(self, item_id: str) -> None:
+        """Record that an item was (re-)queued now, so the reconciler waits before the next."""
+        self._update(item_id)
 
     def mark_done(self, item_id: str, *, result_json: str, report_ref: str) -> None:
         self._update(
@@ -263,17 +272,20 @@ class Inbox:
             error=None,
         )
 
-    def mark_failed(self, item_id: str, *, error: str) -> None:
-        self._update(item_id, status=Status.FAILED.value, error=error)
+    def mark_dead_letter(self, item_id: str, *, reason: str) -> None:
+        self._update(item_id, status=Status.DEAD_LETTER.value, error=reason)
 
-    def unfinished(self, limit: int = 1000) -> list[InboxItem]:
-        """Accepted or in-flight items, oldest first (for the reconciler)."""
-        stmt = (
-            select(inbox_table)
-            .where(inbox_table.c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value]))
-            .order_by(inbox_table.c.received_at)
-            .limit(limit)
+    def unfinished(
+        self, limit: int = 1000, *, older_than: datetime | None = None
+    ) -> list[InboxItem]:
+        """Accepted or in-flight items, oldest first (for the reconciler); with
+        `older_than`, only those whose last change is before it."""
+        stmt = select(inbox_table).where(
+            inbox_table.c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value])
         )
+        if older_than is not None:
+            stmt = stmt.where(inbox_table.c.updated_at < older_than)
+        stmt = stmt.order_by(inbox_table.c.priority, inbox_table.c.received_at).limit(limit)
         with self._engine.connect() as conn:
             return [_item(r) for r in conn.execute(stmt)]
 

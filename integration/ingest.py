@@ -17,18 +17,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from inference.record import EcgRecord
+from integration import failpoints
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Accepted, ContentType, Inbox, InboxItem
 from mappers.errors import FhirResourceError, MappingError
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import Msh, build_ack, fallback_msh, parse_msh, parse_oru_r01
+from mappers.hl7v2_priority import Priority, order_priority
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, int], None]
 
-#: Celery priority (0 highest .. 9 lowest on Redis) for routine ECGs.
-ROUTINE_PRIORITY = 5
+#: Celery priority, 0 highest .. 9 lowest (Redis transport): a STAT ECG from the emergency
+#: department overtakes a backlog of routine ones.
+PRIORITY = {Priority.STAT: 0, Priority.ASAP: 2, Priority.ROUTINE: 5}
+ROUTINE_PRIORITY = PRIORITY[Priority.ROUTINE]
 
 
 class _DuplicateError(MappingError):
@@ -41,6 +45,29 @@ class _StorageError(MappingError):
     """The inbox could not commit (HL7 table 0357 code 207, application internal error)."""
 
     hl7_code = 207
+
+
+ENHANCED_MODES = frozenset({"AL", "NE", "ER", "SU"})
+_COMMIT_CODE = {"AA": "CA", "AE": "CE", "AR": "CR"}
+
+
+def ack_code_for(msh: Msh, code: str) -> str:
+    """The original-mode code (AA/AE/AR), or its commit-ACK twin in enhanced mode."""
+    if msh.accept_ack_type.upper() in ENHANCED_MODES:
+        return _COMMIT_CODE.get(code, code)
+    return code
+
+
+def ack_wanted(msh: Msh, code: str) -> bool:
+    """Whether MSH-15 (accept acknowledgment type, HL7 table 0155) asks for this ACK."""
+    mode = msh.accept_ack_type.upper()
+    if mode == "NE":
+        return False
+    if mode == "ER":
+        return code != "CA"
+    if mode == "SU":
+        return code == "CA"
+    return True
 
 
 def hl7_idempotency_key(msh: Msh) -> str:
@@ -98,8 +125,14 @@ class IngestService:
         self._clock = clock
 
     # -- HL7 v2 --------------------------------------------------------------------------
-    def receive_hl7(self, message: bytes, *, channel: str = "mllp") -> bytes:
-        """Take one HL7 v2 message and return the ACK to send (never raises)."""
+    def receive_hl7(self, message: bytes, *, channel: str = "mllp") -> bytes | None:
+        """Take one HL7 v2 message and return the ACK to send, or None when the sender's
+        enhanced-mode MSH-15 asks for no commit ACK in this case. Never raises.
+
+        Original mode (MSH-15 empty): AA / AE / AR. Enhanced mode (MSH-15 = AL, NE, ER or
+        SU): the commit ACK CA / CE / CR, sent as MSH-15 asks (AL always, NE never, ER only
+        on error, SU only on success).
+        """
         try:
             msh = parse_msh(message)
         except MappingError as exc:
@@ -110,7 +143,7 @@ class IngestService:
         except MappingError as exc:
             log.warning("HL7 message %s refused: %s", msh.control_id, exc)
             return self._ack(msh, exc.ack_code, error=exc)
-        ack = self._ack(msh, "AA", text="ECG accepted for analysis")
+        ack = self._ack(msh, "AA", text="ECG accepted for analysis") or b""
         try:
             accepted = self._inbox.accept(
                 idem_key=hl7_idempotency_key(msh),
@@ -118,7 +151,7 @@ class IngestService:
                 content_type=ContentType.HL7V2,
                 payload=message,
                 record_id=record.record_id,
-                priority=ROUTINE_PRIORITY,
+                priority=PRIORITY[order_priority(message)],
                 ack=ack,
             )
         except DuplicateConflictError as exc:
@@ -129,14 +162,18 @@ class IngestService:
             return self._ack(msh, "AE", error=_StorageError("message not stored; resend later"))
         if not accepted.created:
             log.info("HL7 message %s is a replay; stored ACK re-sent", msh.control_id)
-            return accepted.item.ack or ack
+            return accepted.item.ack or None
         log.info("HL7 message %s committed as %s", msh.control_id, accepted.item.id)
+        failpoints.hit("after_inbox_commit")
         self._queue(accepted.item)
-        return ack
+        return ack or None
 
     def _ack(
         self, msh: Msh, code: str, *, error: MappingError | None = None, text: str = ""
-    ) -> bytes:
+    ) -> bytes | None:
+        code = ack_code_for(msh, code)
+        if not ack_wanted(msh, code):
+            return None
         return build_ack(
             msh, code, control_id=uuid.uuid4().hex[:20], now=self._clock(), error=error, text=text
         )
@@ -203,7 +240,7 @@ def nak_for(head: bytes, error: MappingError, *, now: datetime | None = None) ->
         msh = fallback_msh()
     return build_ack(
         msh,
-        error.ack_code,
+        ack_code_for(msh, error.ack_code),
         control_id=uuid.uuid4().hex[:20],
         now=now or datetime.now(UTC),
         error=error,

@@ -18,7 +18,7 @@ from mappers.errors import MappingError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], bytes]
+Handler = Callable[[bytes], bytes | None]
 READ_CHUNK = 64 * 1024
 
 
@@ -101,8 +101,9 @@ class MllpServer:
                     return
                 for event in decoder.feed(data):
                     answer = await self._answer(event)
-                    writer.write(frame(answer))
-                    await writer.drain()
+                    if answer is not None:
+                        writer.write(frame(answer))
+                        await writer.drain()
         except (ConnectionError, OSError) as exc:
             log.info("MLLP connection %s lost: %s", peer, exc.__class__.__name__)
         finally:
@@ -110,7 +111,7 @@ class MllpServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    async def _answer(self, event: Frame | Oversize | Malformed) -> bytes:
+    async def _answer(self, event: Frame | Oversize | Malformed) -> bytes | None:
         if isinstance(event, Frame):
             return await asyncio.to_thread(self._handler, event.payload)
         if isinstance(event, Oversize):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from inference.analyzer import Analyzer
 from inference.record import EcgRecord
 from inference.result import AnalysisResult
+from integration import failpoints
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
 from integration.writeback import ReportWriter, Written
@@ -52,7 +53,10 @@ def analyse_and_write(
         report_id=report_identity(idem_key, analyzer.model_version),
         issued=now,
     )
-    return result, writer.write(resources)
+    failpoints.hit("before_writeback")
+    written = writer.write(resources)
+    failpoints.hit("after_writeback")
+    return result, written
 
 
 def process_item(
@@ -62,20 +66,30 @@ def process_item(
     analyzer: Analyzer,
     writer: ReportWriter,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    max_attempts: int = 5,
 ) -> Outcome:
     item = inbox.get(item_id)
     if item is None:
         raise LookupError(f"inbox item {item_id} does not exist")
-    if item.status is Status.DONE:
-        log.info("inbox item %s already done; nothing to do", item_id)
-        return Outcome(item_id, Status.DONE, item.report_ref, None)
+    if item.status in (Status.DONE, Status.DEAD_LETTER):
+        log.info("inbox item %s already %s; nothing to do", item_id, item.status.value)
+        return Outcome(item_id, item.status, item.report_ref, None)
+    if item.attempts >= max_attempts:
+        # Every earlier attempt died without recording an outcome (worker killed, OOM,
+        # time limit): this ECG is poison. Park it so it never blocks the queue.
+        reason = f"gave up after {item.attempts} attempts that did not finish"
+        inbox.mark_dead_letter(item_id, reason=reason)
+        log.error("inbox item %s dead-lettered: %s", item_id, reason)
+        return Outcome(item_id, Status.DEAD_LETTER, None, None)
     inbox.mark_processing(item_id)
     try:
         record = decode_item(item)
     except MappingError as exc:  # validated at ingest; only a mapper change gets here
-        inbox.mark_failed(item_id, error=f"stored message no longer decodes: {exc}")
-        log.error("inbox item %s failed to decode: %s", item_id, exc)
-        return Outcome(item_id, Status.FAILED, None, None)
+        reason = f"stored message no longer decodes: {exc}"
+        inbox.mark_dead_letter(item_id, reason=reason)
+        log.error("inbox item %s dead-lettered: %s", item_id, reason)
+        return Outcome(item_id, Status.DEAD_LETTER, None, None)
+    failpoints.hit("before_analysis")
     result, written = analyse_and_write(
         record, idem_key=item.idem_key, analyzer=analyzer, writer=writer, now=clock()
     )

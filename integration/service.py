@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -31,15 +32,31 @@ def model_version() -> str:
     return DEFAULT_WEIGHTS.meta.model_version
 
 
-def reconcile(inbox: Inbox, enqueue: Any) -> int:
-    """Queue every accepted-but-unfinished item again (the queue is not the system of
-    record; re-queued items that finished meanwhile are skipped by the worker)."""
-    items = inbox.unfinished()
+def reconcile(inbox: Inbox, enqueue: Any, *, older_than: datetime | None = None) -> int:
+    """Queue accepted-but-unfinished items again: the queue is not the system of record
+    (a Redis restart or a killed worker loses messages). An item that finished meanwhile is
+    skipped by the worker, and write-back is idempotent, so a second copy does no harm."""
+    items = inbox.unfinished(older_than=older_than)
     for item in items:
-        enqueue(item.id, item.priority)
+        try:
+            enqueue(item.id, item.priority)
+        except Exception:
+            log.exception("reconciler could not queue %s; next round will", item.id)
+            return 0
+        inbox.touch(item.id)
     if items:
         log.info("reconciler re-queued %d unfinished ECGs", len(items))
     return len(items)
+
+
+async def reconcile_forever(inbox: Inbox, enqueue: Any, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.reconcile_interval_s)
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.reconcile_after_s)
+        try:
+            await asyncio.to_thread(reconcile, inbox, enqueue, older_than=cutoff)
+        except Exception:  # a database outage must not stop the listeners
+            log.exception("reconciler round failed")
 
 
 def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
@@ -83,7 +100,11 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     )
     worker = start_worker_process(settings) if with_worker else None
     await mllp.start()
-    await asyncio.to_thread(reconcile, inbox, enqueue)
+    try:
+        await asyncio.to_thread(reconcile, inbox, enqueue)
+    except Exception:
+        log.exception("start-up reconciliation failed; the periodic one will retry")
+    reconciler = asyncio.create_task(reconcile_forever(inbox, enqueue, settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,6 +121,7 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait({http_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        reconciler.cancel()
         http.should_exit = True
         with contextlib.suppress(Exception):
             await http_task

@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     out_dir: Path = Path("./var/out")
     device: str | None = None
     worker_concurrency: int = Field(default=1, ge=1)
-    task_max_retries: int = Field(default=5, ge=0)
+    task_max_retries: int = Field(default=8, ge=0)
+    #: How often `serve` looks for accepted-but-unfinished ECGs to queue again.
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    #: An unfinished ECG untouched for this long is queued again. Longer than the task's
+    #: hard time limit, so a running analysis is not doubled.
+    reconcile_after_s: float = Field(default=300.0, gt=0)
 
     @property
     def effective_database_url(self) -> str:

@@ -1,12 +1,23 @@
-"""Celery tasks. Registered on the app by `register`, so nothing is built at import time."""
+"""Celery tasks. Registered on the app by `register`, so nothing is built at import time.
+
+Failure policy for one ECG:
+- transient (FHIR server 5xx/429/timeout, database down, broker hiccup): retry with
+  exponential backoff and jitter, up to ``task_max_retries``, then dead-letter;
+- permanent (the FHIR server refused the resources with a 4xx OperationOutcome, the stored
+  message no longer decodes): dead-letter at once with the reason;
+- anything else (a bug or a poison record): retried a few times, then dead-lettered.
+A dead-lettered ECG keeps its reason in the inbox and never blocks the queue.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 from functools import cache
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from inference.analyzer import Analyzer
@@ -18,6 +29,19 @@ from integration.settings import Settings
 from integration.writeback import FhirServerWriter, NdjsonSink, ReportWriter
 
 log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+#: Attempts for errors that are neither transient nor known-permanent (bugs, poison).
+UNKNOWN_ERROR_ATTEMPTS = 3
+
+
+def backoff_s(
+    retries: int, *, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S
+) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    ceiling = min(cap_s, base_s * 2.0**retries)
+    return ceiling / 2.0 + random.uniform(0.0, ceiling / 2.0)  # noqa: S311 - not crypto
 
 
 def make_writer(settings: Settings) -> ReportWriter:
@@ -33,6 +57,12 @@ class _WorkerState:
         self.analyzer = Analyzer.load(device=settings.device)
         self.inbox = Inbox.from_url(settings.effective_database_url)
         self.writer = make_writer(settings)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, WriteBackError):
+        return exc.transient
+    return isinstance(exc, (InboxError, ConnectionError, TimeoutError))
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -56,14 +86,44 @@ def register(app: Celery, settings: Settings) -> None:
     def analyze_ecg(self: Task, item_id: str) -> dict[str, Any]:
         s = state()
         try:
-            outcome = process_item(item_id, inbox=s.inbox, analyzer=s.analyzer, writer=s.writer)
-        except (WriteBackError, InboxError) as exc:
-            transient = getattr(exc, "transient", True)
-            if transient and self.request.retries < (self.max_retries or 0):
-                delay = min(60.0, 2.0**self.request.retries)
-                log.warning("item %s: %s; retry in %.0f s", item_id, exc, delay)
-                raise self.retry(exc=exc, countdown=delay) from exc
-            log.error("item %s failed for good: %s", item_id, exc)
-            s.inbox.mark_failed(item_id, error=str(exc))
-            return {"item_id": item_id, "status": "failed"}
+            outcome = process_item(
+                item_id,
+                inbox=s.inbox,
+                analyzer=s.analyzer,
+                writer=s.writer,
+                max_attempts=settings.task_max_retries + UNKNOWN_ERROR_ATTEMPTS,
+            )
+        except Exception as exc:
+            return _on_error(self, s, item_id, exc)
         return {"item_id": item_id, "status": outcome.status.value, "report": outcome.report_ref}
+
+    def _on_error(self: Task, s: _WorkerState, item_id: str, exc: Exception) -> dict[str, Any]:
+        retries = int(self.request.retries)
+        transient = _is_transient(exc)
+        permanent = isinstance(exc, WriteBackError) and not exc.transient
+        limit = settings.task_max_retries if transient else UNKNOWN_ERROR_ATTEMPTS - 1
+        if isinstance(exc, SoftTimeLimitExceeded):
+            limit = 0
+        if not permanent and retries < limit:
+            delay = backoff_s(retries)
+            log.warning(
+                "item %s: %s: %s; retry %d/%d in %.1f s",
+                item_id,
+                exc.__class__.__name__,
+                exc,
+                retries + 1,
+                limit,
+                delay,
+            )
+            raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
+        reason = f"{exc.__class__.__name__}: {exc}"
+        if not permanent:
+            reason = f"after {retries + 1} attempts: {reason}"
+        log.error("item %s dead-lettered: %s", item_id, reason)
+        try:
+            s.inbox.mark_dead_letter(item_id, reason=reason[:2000])
+        except InboxError:
+            log.exception(
+                "item %s: could not record the dead letter; reconciler will retry", item_id
+            )
+        return {"item_id": item_id, "status": "dead_letter", "reason": reason}

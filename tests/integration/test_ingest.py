@@ -43,13 +43,19 @@ def _msg(sample: Sample, control_id: str = "C1") -> bytes:
     return build_oru_r01(sample.record, control_id=control_id, now=NOW)
 
 
+def _receive(svc: IngestService, message: bytes) -> bytes:
+    ack = svc.receive_hl7(message)
+    assert ack is not None
+    return ack
+
+
 def _err(ack: bytes) -> str:
     return next((s.decode() for s in ack.split(b"\r") if s.startswith(b"ERR")), "")
 
 
 def test_valid_oru_is_committed_queued_and_acked(inbox: Inbox, sample: Sample) -> None:
     q = Queue()
-    ack = IngestService(inbox=inbox, enqueue=q).receive_hl7(_msg(sample))
+    ack = _receive(IngestService(inbox=inbox, enqueue=q), _msg(sample))
     assert ack_code(ack) == "AA"
     item = inbox.find_by_key(hl7_idempotency_key(parse_msh(_msg(sample))))
     assert item is not None and item.status is Status.ACCEPTED
@@ -64,25 +70,26 @@ def test_replay_gets_the_identical_ack_and_is_not_queued_again(
 ) -> None:
     q = Queue()
     svc = IngestService(inbox=inbox, enqueue=q)
-    first = svc.receive_hl7(_msg(sample))
-    second = svc.receive_hl7(_msg(sample))
+    first = _receive(svc, _msg(sample))
+    second = _receive(svc, _msg(sample))
     assert first == second
     assert len(q.items) == 1
 
 
 def test_same_control_id_different_content_is_refused(inbox: Inbox, sample: Sample) -> None:
     svc = IngestService(inbox=inbox, enqueue=Queue())
-    svc.receive_hl7(_msg(sample))
+    _receive(svc, _msg(sample))
     other = load_samples()[1]
-    ack = svc.receive_hl7(_msg(other, control_id="C1"))
+    ack = _receive(svc, _msg(other, control_id="C1"))
     assert ack_code(ack) == "AE"
     assert "205" in _err(ack)
 
 
 def test_not_an_oru_gets_ar_and_nothing_is_stored(inbox: Inbox) -> None:
     q = Queue()
-    ack = IngestService(inbox=inbox, enqueue=q).receive_hl7(
-        b"MSH|^~\\&|X|WARD|Y|Z|20260101||ADT^A01|A1|P|2.5.1\rPID|1"
+    ack = _receive(
+        IngestService(inbox=inbox, enqueue=q),
+        b"MSH|^~\\&|X|WARD|Y|Z|20260101||ADT^A01|A1|P|2.5.1\rPID|1",
     )
     assert ack_code(ack) == "AR"
     assert "200" in _err(ack)
@@ -91,7 +98,7 @@ def test_not_an_oru_gets_ar_and_nothing_is_stored(inbox: Inbox) -> None:
 
 def test_missing_lead_gets_ae_naming_the_problem(inbox: Inbox, sample: Sample) -> None:
     msg = b"\r".join(s for s in _msg(sample).split(b"\r") if b"V4" not in s)
-    ack = IngestService(inbox=inbox, enqueue=Queue()).receive_hl7(msg)
+    ack = _receive(IngestService(inbox=inbox, enqueue=Queue()), msg)
     assert ack_code(ack) == "AE"
     assert "V4" in _err(ack)
     assert inbox.count_by_status() == {}
@@ -103,7 +110,7 @@ def test_non_numeric_samples_get_ae_with_the_obx_location(inbox: Inbox, sample: 
     fields = segs[i].split(b"|")
     fields[5] = fields[5].replace(b"^", b"^abc^", 1)
     segs[i] = b"|".join(fields)
-    ack = IngestService(inbox=inbox, enqueue=Queue()).receive_hl7(b"\r".join(segs))
+    ack = _receive(IngestService(inbox=inbox, enqueue=Queue()), b"\r".join(segs))
     assert ack_code(ack) == "AE"
     assert "OBX" in _err(ack)
 
@@ -111,7 +118,7 @@ def test_non_numeric_samples_get_ae_with_the_obx_location(inbox: Inbox, sample: 
 def test_database_down_gives_ae_never_aa(sample: Sample) -> None:
     down = Inbox(make_engine("postgresql://nobody@127.0.0.1:1/none"))
     q = Queue()
-    ack = IngestService(inbox=down, enqueue=q).receive_hl7(_msg(sample))
+    ack = _receive(IngestService(inbox=down, enqueue=q), _msg(sample))
     assert ack_code(ack) == "AE"
     assert q.items == []
 
@@ -119,6 +126,33 @@ def test_database_down_gives_ae_never_aa(sample: Sample) -> None:
 def test_broker_down_after_commit_still_acks_and_keeps_the_item(
     inbox: Inbox, sample: Sample
 ) -> None:
-    ack = IngestService(inbox=inbox, enqueue=Queue(fail=True)).receive_hl7(_msg(sample))
+    ack = _receive(IngestService(inbox=inbox, enqueue=Queue(fail=True)), _msg(sample))
     assert ack_code(ack) == "AA"
     assert len(inbox.unfinished()) == 1
+
+
+@pytest.mark.parametrize(
+    ("msh15", "bad", "expected"),
+    [
+        ("AL", False, "CA"),
+        ("AL", True, "CR"),
+        ("ER", False, None),
+        ("ER", True, "CR"),
+        ("SU", False, "CA"),
+        ("SU", True, None),
+        ("NE", False, None),
+        ("NE", True, None),
+    ],
+)
+def test_enhanced_mode_commit_acks_follow_msh15(
+    inbox: Inbox, sample: Sample, msh15: str, bad: bool, expected: str | None
+) -> None:
+    segs = _msg(sample, control_id=f"E{msh15}{bad}").split(b"\r")
+    fields = segs[0].split(b"|")
+    fields += [b""] * (17 - len(fields))
+    fields[14], fields[15] = msh15.encode(), b"AL"
+    if bad:
+        fields[8] = b"ADT^A01"
+    segs[0] = b"|".join(fields)
+    ack = IngestService(inbox=inbox, enqueue=Queue()).receive_hl7(b"\r".join(segs))
+    assert (None if ack is None else ack_code(ack)) == expected

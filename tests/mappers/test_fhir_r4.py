@@ -458,14 +458,19 @@ def test_fuzz_observation(edits: list[tuple[str, int, str, Any]]) -> None:
     for top, index, key, value in edits:
         if top == "":
             obs[key] = value
-        elif top == "component" and index < len(obs["component"]):
+        elif (
+            top == "component"
+            and isinstance(obs.get("component"), list)
+            and index < len(obs["component"])
+        ):
             comp = obs["component"][index]
             target = (
-                comp["valueSampledData"]
+                comp.get("valueSampledData")
                 if key in ("origin", "period", "data", "factor", "interval")
                 else comp
             )
-            target[key] = value
+            if isinstance(target, dict):  # an earlier edit may have replaced it
+                target[key] = value
         else:
             obs[top] = value
     with contextlib.suppress(MappingError):
