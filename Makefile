@@ -24,10 +24,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# redis-server and Node for the end-to-end tests, from Debian when missing (needs root).
+# redis-server, Node (FHIR test server) and Chromium (review-page browser test), from Debian
+# when missing (needs root). Playwright drives the system Chromium; it downloads no browser.
 system-deps:
 	@command -v redis-server >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
-	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm; }
+	  && command -v chromium >/dev/null \
+	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm chromium; }
 
 demo: install
 	$(BIN)/ecgbridge demo

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from integration.audit import AuditLog
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Inbox, InboxItem
 from integration.ingest import FhirAccepted, IngestService
@@ -55,9 +56,19 @@ def _status_json(item: InboxItem) -> dict[str, Any]:
 
 
 def create_app(
-    *, ingest: IngestService, inbox: Inbox, health: Callable[[], dict[str, Any]]
+    *,
+    ingest: IngestService,
+    inbox: Inbox,
+    health: Callable[[], dict[str, Any]],
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     app = FastAPI(title="ecgbridge", version="0.1.0")
+    if audit is not None:
+        from integration.audit.config import get_audit_settings
+        from integration.audit.router import bearer_reviewers, make_audit_router
+
+        tokens = get_audit_settings().reviewer_tokens()
+        app.include_router(make_audit_router(audit, reviewer=bearer_reviewers(tokens)))
 
     async def _intake(request: Request, expected: str) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip()

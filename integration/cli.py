@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--bootstrap", type=int, default=1000)
 
+    au = sub.add_parser(
+        "audit", help="verify, export or prove the audit log (ecgbridge audit verify --help)"
+    )
+    au.add_argument("audit_args", nargs=argparse.REMAINDER)
+
     d = sub.add_parser("demo", help="send real sample ECGs through the running service")
     d.add_argument("--keep", action="store_true", help="leave ./var/demo in place")
     return p
@@ -81,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args.data, args.out, args.seed, args.epochs)
         if args.command == "evaluate":
             return _evaluate(args.data, args.folds, args.out, args.bootstrap)
+        if args.command == "audit":
+            from integration.audit.cli import cli_main
+
+            return cli_main(args.audit_args)
         if args.command == "demo":
             from integration.demo import run_demo
 
@@ -131,13 +140,14 @@ def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
     writer = make_writer(settings)
     try:
         for ecg in inputs:
-            result, written = analyse_and_write(
+            done = analyse_and_write(
                 ecg.record,
                 idem_key=ecg.idem_key,
                 analyzer=analyzer,
                 writer=writer,
                 now=datetime.now(UTC),
             )
+            result, written = done.result, done.written
             source = str(ecg.path) + (f"#{ecg.entry}" if ecg.entry else "")
             if as_json:
                 out = {"source": source, **result.to_json(), "report": written.report_ref}

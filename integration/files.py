@@ -1,7 +1,9 @@
 """Reading ECG files for `ecgbridge analyze`: the format is recognised by content.
 
-WFDB (.hea header + signal file), FHIR JSON (Observation or Bundle) and HL7 v2 (ER7 text,
-optionally MLLP-framed).
+WFDB (.hea header + signal file), FHIR JSON (Observation or Bundle), HL7 v2 (ER7 text,
+optionally MLLP-framed), HL7 aECG XML (root element AnnotatedECG) and DICOM 12-lead ECG
+Waveform Storage (Part 10: ``DICM`` at byte 128). The extension is only a hint: the content
+decides (a ``.txt`` holding an ORU^R01 is read as HL7, a ``.dcm`` holding XML as aECG).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from inference.errors import EcgValidationError
 from inference.record import EcgRecord
 from integration.errors import InputFileError
+from mappers.aecg_in import record_from_aecg
+from mappers.dicom_ecg import record_from_dicom
 from mappers.errors import MappingError
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import parse_oru_r01
@@ -37,6 +41,10 @@ def read_ecg_file(path: Path) -> list[FileEcg]:
     key = "file-sha256:" + hashlib.sha256(raw).hexdigest()
     text = raw.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
     try:
+        if raw[128:132] == b"DICM":
+            return [FileEcg(path, 0, record_from_dicom(raw), key)]
+        if text.startswith(b"<"):
+            return [FileEcg(path, 0, record_from_aecg(text), key)]
         if text.startswith(b"MSH"):
             _, record = parse_oru_r01(text.rstrip(b"\x1c\r\n") + b"\r")
             return [FileEcg(path, 0, record, key)]
@@ -50,7 +58,8 @@ def read_ecg_file(path: Path) -> list[FileEcg]:
     except json.JSONDecodeError as exc:
         raise InputFileError(f"not valid JSON: {exc}", path=str(path)) from exc
     raise InputFileError(
-        "format not recognised (expected WFDB .hea, FHIR JSON or HL7 v2)", path=str(path)
+        "format not recognised (expected WFDB .hea, FHIR JSON, HL7 v2, aECG XML or DICOM)",
+        path=str(path),
     )
 
 

@@ -25,8 +25,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
+    or_,
     select,
     update,
 )
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 class Status(StrEnum):
     ACCEPTED = "accepted"
     PROCESSING = "processing"
+    #: A transient error (FHIR server down, database hiccup); a retry is scheduled.
+    RETRYING = "retrying"
     DONE = "done"
     #: Given up after retries or a permanent error; `error` says why. Never re-queued by
     #: the reconciler; an operator re-queues it after fixing the cause.
@@ -272,19 +276,41 @@ class Inbox:
             error=None,
         )
 
+    def mark_retrying(self, item_id: str, *, error: str) -> None:
+        self._update(item_id, status=Status.RETRYING.value, error=error)
+
     def mark_dead_letter(self, item_id: str, *, reason: str) -> None:
         self._update(item_id, status=Status.DEAD_LETTER.value, error=reason)
 
     def unfinished(
-        self, limit: int = 1000, *, older_than: datetime | None = None
+        self,
+        limit: int = 1000,
+        *,
+        older_than: datetime | None = None,
+        retrying_older_than: datetime | None = None,
     ) -> list[InboxItem]:
-        """Accepted or in-flight items, oldest first (for the reconciler); with
-        `older_than`, only those whose last change is before it."""
-        stmt = select(inbox_table).where(
-            inbox_table.c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value])
-        )
-        if older_than is not None:
-            stmt = stmt.where(inbox_table.c.updated_at < older_than)
+        """Items not yet done or dead-lettered, most urgent and oldest first (for the
+        reconciler). With `older_than`, only accepted/processing items whose last change is
+        before it, and retrying ones before `retrying_older_than` (their retry is waiting
+        in the broker; only a lost one needs queuing again)."""
+        c = inbox_table.c
+        if older_than is None:
+            stmt = select(inbox_table).where(
+                c.status.in_(
+                    [Status.ACCEPTED.value, Status.PROCESSING.value, Status.RETRYING.value]
+                )
+            )
+        else:
+            retry_cut = retrying_older_than or older_than
+            stmt = select(inbox_table).where(
+                or_(
+                    and_(
+                        c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value]),
+                        c.updated_at < older_than,
+                    ),
+                    and_(c.status == Status.RETRYING.value, c.updated_at < retry_cut),
+                )
+            )
         stmt = stmt.order_by(inbox_table.c.priority, inbox_table.c.received_at).limit(limit)
         with self._engine.connect() as conn:
             return [_item(r) for r in conn.execute(stmt)]

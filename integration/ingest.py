@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from inference.record import EcgRecord
-from integration import failpoints
+from integration import auditing, failpoints
+from integration.audit import AuditError, AuditEvent, Outcome
+from integration.auditing import Auditor
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Accepted, ContentType, Inbox, InboxItem
+from integration.mllp_client import ack_code
 from mappers.errors import FhirResourceError, MappingError
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import Msh, build_ack, fallback_msh, parse_msh, parse_oru_r01
@@ -118,10 +121,12 @@ class IngestService:
         *,
         inbox: Inbox,
         enqueue: Enqueue,
+        audit: Auditor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._inbox = inbox
         self._enqueue = enqueue
+        self._audit = audit
         self._clock = clock
 
     # -- HL7 v2 --------------------------------------------------------------------------
@@ -137,12 +142,42 @@ class IngestService:
             msh = parse_msh(message)
         except MappingError as exc:
             log.warning("HL7 message refused before MSH could be read: %s", exc)
-            return self._ack(fallback_msh(), "AR", error=exc)
+            self._record(
+                auditing.received(
+                    actor=channel,
+                    message_id="",
+                    record=None,
+                    outcome=Outcome.MINOR_FAILURE,
+                    reason=str(exc),
+                )
+            )
+            return self._answer(fallback_msh(), "AR", channel=channel, error=exc)
+        actor = f"{channel}:{msh.sending_application}|{msh.sending_facility}"
         try:
             _, record = parse_oru_r01(message)
         except MappingError as exc:
             log.warning("HL7 message %s refused: %s", msh.control_id, exc)
-            return self._ack(msh, exc.ack_code, error=exc)
+            self._record(
+                auditing.received(
+                    actor=actor,
+                    message_id=msh.control_id,
+                    record=None,
+                    outcome=Outcome.MINOR_FAILURE,
+                    reason=str(exc),
+                )
+            )
+            return self._answer(msh, exc.ack_code, channel=channel, error=exc)
+        try:
+            # Audited before the commit: if the audit log cannot take it, nothing is stored
+            # and the sender gets AE, so no ECG is ever processed unaudited.
+            self._record(
+                auditing.received(actor=actor, message_id=msh.control_id, record=record),
+                strict=True,
+            )
+        except AuditError:
+            return self._answer(
+                msh, "AE", channel=channel, error=_StorageError("audit log unavailable")
+            )
         ack = self._ack(msh, "AA", text="ECG accepted for analysis") or b""
         try:
             accepted = self._inbox.accept(
@@ -156,17 +191,75 @@ class IngestService:
             )
         except DuplicateConflictError as exc:
             log.warning("HL7 message %s refused: %s", msh.control_id, exc)
-            return self._ack(msh, "AE", error=_DuplicateError(str(exc), location="MSH[1].10"))
+            self._record(
+                auditing.received(
+                    actor=actor,
+                    message_id=msh.control_id,
+                    record=record,
+                    outcome=Outcome.SERIOUS_FAILURE,
+                    reason=str(exc),
+                )
+            )
+            return self._answer(
+                msh,
+                "AE",
+                channel=channel,
+                error=_DuplicateError(str(exc), location="MSH[1].10"),
+            )
         except InboxError as exc:
             log.error("HL7 message %s not committed: %s", msh.control_id, exc)
-            return self._ack(msh, "AE", error=_StorageError("message not stored; resend later"))
+            return self._answer(
+                msh,
+                "AE",
+                channel=channel,
+                error=_StorageError("message not stored; resend later"),
+            )
+        item = accepted.item
         if not accepted.created:
             log.info("HL7 message %s is a replay; stored ACK re-sent", msh.control_id)
-            return accepted.item.ack or None
-        log.info("HL7 message %s committed as %s", msh.control_id, accepted.item.id)
+            self._record(
+                auditing.ack_sent(
+                    actor=actor,
+                    message_id=msh.control_id,
+                    code=ack_code(item.ack) if item.ack else "none",
+                    ecg_id=item.id,
+                )
+            )
+            return item.ack or None
+        log.info("HL7 message %s committed as %s", msh.control_id, item.id)
         failpoints.hit("after_inbox_commit")
-        self._queue(accepted.item)
+        self._queue(item)
+        self._record(
+            auditing.ack_sent(
+                actor=actor, message_id=msh.control_id, code=ack_code_for(msh, "AA"), ecg_id=item.id
+            )
+        )
         return ack or None
+
+    def _answer(
+        self, msh: Msh, code: str, *, channel: str, error: MappingError | None = None
+    ) -> bytes | None:
+        """A negative ACK, audited."""
+        ack = self._ack(msh, code, error=error)
+        self._record(
+            auditing.ack_sent(
+                actor=f"{channel}:{msh.sending_application}|{msh.sending_facility}",
+                message_id=msh.control_id,
+                code=ack_code_for(msh, code),
+                ecg_id=None,
+            )
+        )
+        return ack
+
+    def _record(self, event: AuditEvent, *, strict: bool = False) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event)
+        except AuditError:
+            log.exception("audit append failed for %s", event.kind.value)
+            if strict:
+                raise
 
     def _ack(
         self, msh: Msh, code: str, *, error: MappingError | None = None, text: str = ""
@@ -202,6 +295,15 @@ class IngestService:
                 payload=payload,
                 record_id=record.record_id,
                 priority=ROUTINE_PRIORITY,
+            )
+            self._record(
+                auditing.received(
+                    actor=channel,
+                    message_id=record.record_id,
+                    record=record,
+                    ecg_id=accepted.item.id,
+                    replay=not accepted.created,
+                )
             )
             if accepted.created:
                 log.info("FHIR ECG %s committed as %s", record.record_id, accepted.item.id)

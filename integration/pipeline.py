@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +14,8 @@ from datetime import UTC, datetime
 from inference.analyzer import Analyzer
 from inference.record import EcgRecord
 from inference.result import AnalysisResult
-from integration import failpoints
+from integration import auditing, failpoints
+from integration.auditing import Auditor
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
 from integration.writeback import ReportWriter, Written
@@ -37,6 +39,14 @@ class Outcome:
     result: AnalysisResult | None
 
 
+@dataclass(frozen=True, slots=True)
+class Analysed:
+    result: AnalysisResult
+    written: Written
+    model_ms: float
+    writeback_ms: float
+
+
 def analyse_and_write(
     record: EcgRecord,
     *,
@@ -44,9 +54,11 @@ def analyse_and_write(
     analyzer: Analyzer,
     writer: ReportWriter,
     now: datetime,
-) -> tuple[AnalysisResult, Written]:
+) -> Analysed:
     """Analyse one record and write its report (shared by the worker and the CLI)."""
+    t0 = time.perf_counter()
     result = analyzer.analyze(record, now=now)
+    t1 = time.perf_counter()
     resources = build_report(
         result,
         record,
@@ -56,7 +68,8 @@ def analyse_and_write(
     failpoints.hit("before_writeback")
     written = writer.write(resources)
     failpoints.hit("after_writeback")
-    return result, written
+    t2 = time.perf_counter()
+    return Analysed(result, written, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
 
 
 def process_item(
@@ -67,6 +80,7 @@ def process_item(
     writer: ReportWriter,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     max_attempts: int = 5,
+    audit: Auditor | None = None,
 ) -> Outcome:
     item = inbox.get(item_id)
     if item is None:
@@ -74,14 +88,17 @@ def process_item(
     if item.status in (Status.DONE, Status.DEAD_LETTER):
         log.info("inbox item %s already %s; nothing to do", item_id, item.status.value)
         return Outcome(item_id, item.status, item.report_ref, None)
-    if item.attempts >= max_attempts:
-        # Every earlier attempt died without recording an outcome (worker killed, OOM,
-        # time limit): this ECG is poison. Park it so it never blocks the queue.
+    if item.status is Status.PROCESSING and item.attempts >= max_attempts:
+        # Still "processing" after this many starts: the earlier attempts died without
+        # recording an outcome (worker killed, OOM, time limit). This ECG is poison; park
+        # it so it never blocks the queue. (Retries after transient errors are "retrying".)
         reason = f"gave up after {item.attempts} attempts that did not finish"
         inbox.mark_dead_letter(item_id, reason=reason)
         log.error("inbox item %s dead-lettered: %s", item_id, reason)
         return Outcome(item_id, Status.DEAD_LETTER, None, None)
+    started = clock()
     inbox.mark_processing(item_id)
+    t0 = time.perf_counter()
     try:
         record = decode_item(item)
     except MappingError as exc:  # validated at ingest; only a mapper change gets here
@@ -89,12 +106,33 @@ def process_item(
         inbox.mark_dead_letter(item_id, reason=reason)
         log.error("inbox item %s dead-lettered: %s", item_id, reason)
         return Outcome(item_id, Status.DEAD_LETTER, None, None)
+    decode_ms = (time.perf_counter() - t0) * 1000.0
+    if audit is not None:
+        audit.append(
+            auditing.analysis_started(
+                ecg_id=item_id, record=record, model_version=analyzer.model_version
+            )
+        )
     failpoints.hit("before_analysis")
-    result, written = analyse_and_write(
+    done = analyse_and_write(
         record, idem_key=item.idem_key, analyzer=analyzer, writer=writer, now=clock()
     )
-    inbox.mark_done(
-        item_id, result_json=json.dumps(result.to_json()), report_ref=written.report_ref
-    )
-    log.info("inbox item %s done: %s", item_id, written.report_ref)
-    return Outcome(item_id, Status.DONE, written.report_ref, result)
+    timings = {
+        "queue_wait_ms": (started - item.received_at).total_seconds() * 1000.0,
+        "decode_ms": decode_ms,
+        "model_ms": done.model_ms,
+        "writeback_ms": done.writeback_ms,
+    }
+    body = done.result.to_json() | {"timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+    if audit is not None:
+        audit.append(auditing.analysis_finished(ecg_id=item_id, record=record, result=done.result))
+        audit.append(
+            auditing.report_written(
+                ecg_id=item_id,
+                report_ref=done.written.report_ref,
+                model_version=done.result.model_version,
+            )
+        )
+    inbox.mark_done(item_id, result_json=json.dumps(body), report_ref=done.written.report_ref)
+    log.info("inbox item %s done: %s", item_id, done.written.report_ref)
+    return Outcome(item_id, Status.DONE, done.written.report_ref, done.result)

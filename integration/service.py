@@ -16,12 +16,14 @@ from typing import Any
 import uvicorn
 
 from integration.api import create_app as create_http_app
+from integration.audit import AuditLog
 from integration.celery_app import create_app as create_celery_app
 from integration.celery_app import enqueue_analysis
 from integration.inbox import Inbox
 from integration.ingest import IngestService, nak_for
 from integration.mllp import MllpServer
 from integration.settings import Settings
+from integration.tasks import BACKOFF_CAP_S
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,17 @@ def model_version() -> str:
     return DEFAULT_WEIGHTS.meta.model_version
 
 
-def reconcile(inbox: Inbox, enqueue: Any, *, older_than: datetime | None = None) -> int:
+def reconcile(
+    inbox: Inbox,
+    enqueue: Any,
+    *,
+    older_than: datetime | None = None,
+    retrying_older_than: datetime | None = None,
+) -> int:
     """Queue accepted-but-unfinished items again: the queue is not the system of record
     (a Redis restart or a killed worker loses messages). An item that finished meanwhile is
     skipped by the worker, and write-back is idempotent, so a second copy does no harm."""
-    items = inbox.unfinished(older_than=older_than)
+    items = inbox.unfinished(older_than=older_than, retrying_older_than=retrying_older_than)
     for item in items:
         try:
             enqueue(item.id, item.priority)
@@ -52,9 +60,13 @@ def reconcile(inbox: Inbox, enqueue: Any, *, older_than: datetime | None = None)
 async def reconcile_forever(inbox: Inbox, enqueue: Any, settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.reconcile_interval_s)
-        cutoff = datetime.now(UTC) - timedelta(seconds=settings.reconcile_after_s)
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=settings.reconcile_after_s)
+        retry_cutoff = cutoff - timedelta(seconds=2 * BACKOFF_CAP_S)
         try:
-            await asyncio.to_thread(reconcile, inbox, enqueue, older_than=cutoff)
+            await asyncio.to_thread(
+                reconcile, inbox, enqueue, older_than=cutoff, retrying_older_than=retry_cutoff
+            )
         except Exception:  # a database outage must not stop the listeners
             log.exception("reconciler round failed")
 
@@ -75,7 +87,8 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     def enqueue(item_id: str, priority: int) -> None:
         enqueue_analysis(celery, item_id, priority=priority)
 
-    ingest = IngestService(inbox=inbox, enqueue=enqueue)
+    audit = AuditLog.from_settings()
+    ingest = IngestService(inbox=inbox, enqueue=enqueue, audit=audit)
     version = model_version()
 
     def health() -> dict[str, Any]:
@@ -91,7 +104,7 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     )
     http = uvicorn.Server(
         uvicorn.Config(
-            create_http_app(ingest=ingest, inbox=inbox, health=health),
+            create_http_app(ingest=ingest, inbox=inbox, health=health, audit=audit),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",
@@ -133,3 +146,4 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
             except subprocess.TimeoutExpired:
                 worker.kill()
         inbox.dispose()
+        audit.close()

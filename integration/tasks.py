@@ -11,6 +11,7 @@ A dead-lettered ECG keeps its reason in the inbox and never blocks the queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from functools import cache
@@ -21,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from inference.analyzer import Analyzer
+from integration.audit import AuditLog, AuditStoreError
 from integration.celery_app import ANALYZE_TASK
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
@@ -57,12 +59,13 @@ class _WorkerState:
         self.analyzer = Analyzer.load(device=settings.device)
         self.inbox = Inbox.from_url(settings.effective_database_url)
         self.writer = make_writer(settings)
+        self.audit = AuditLog.from_settings()
 
 
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, WriteBackError):
         return exc.transient
-    return isinstance(exc, (InboxError, ConnectionError, TimeoutError))
+    return isinstance(exc, (InboxError, AuditStoreError, ConnectionError, TimeoutError))
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -92,6 +95,7 @@ def register(app: Celery, settings: Settings) -> None:
                 analyzer=s.analyzer,
                 writer=s.writer,
                 max_attempts=settings.task_max_retries + UNKNOWN_ERROR_ATTEMPTS,
+                audit=s.audit,
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)
@@ -115,6 +119,8 @@ def register(app: Celery, settings: Settings) -> None:
                 limit,
                 delay,
             )
+            with contextlib.suppress(InboxError):
+                s.inbox.mark_retrying(item_id, error=f"{exc.__class__.__name__}: {exc}"[:2000])
             raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
         reason = f"{exc.__class__.__name__}: {exc}"
         if not permanent:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from integration import failpoints
 from integration.errors import WriteBackError
 from mappers.fhir_r4 import ReportResources, resource_json
 
@@ -100,7 +101,9 @@ class FhirServerWriter:
 
     def write(self, resources: ReportResources) -> Written:
         version = ""
-        for res in _ordered(resources):
+        for n, res in enumerate(_ordered(resources)):
+            if n == 1:
+                failpoints.hit("during_writeback")
             url = f"{self.base_url}/{res['resourceType']}/{res['id']}"
             try:
                 resp = self._client.put(url, content=json.dumps(res))

@@ -14,6 +14,16 @@ Each error carries `location`, a path the sender can act on: an HL7 location suc
 | `DataTypeError`      | AE / 102 data type error             | 422 `value`                      |
 | `MessageSyntaxError` | AE / 100 segment sequence error      | 422 `structure`                  |
 | `FhirResourceError`  | -                                    | 422 `structure` / `invalid`      |
+| `VersionError`       | AR / 203 unsupported version id      | 422 `not-supported`              |
+| `XmlSecurityError`   | AE / 102 (ED payload)                | 422 `security`                   |
+
+Each defect in the issue's "bad input" list has its own leaf, a subclass of the broader
+error above (so callers catching `LeadError` or `WaveformError` keep working):
+`UnknownLeadError`, `DuplicateLeadError`, `MissingLeadError` (LeadError);
+`LengthMismatchError`, `SamplingRateError`, `UnitError`, `NonFiniteSampleError`,
+`SampleRangeError` (WaveformError); `XmlSecurityError` (DOCTYPE / entities in XML).
+`error_text` renders any of them as the one line an HL7 ERR-8 or an OperationOutcome
+`diagnostics` carries, naming the segment/field or the element.
 """
 
 from __future__ import annotations
@@ -105,3 +115,66 @@ class MessageSyntaxError(SegmentError):
     """
 
     fhir_issue = "structure"
+
+
+class VersionError(MessageTypeError):
+    """MSH-12 names an HL7 version ecgbridge does not read (it reads 2.3 to 2.8.2).
+
+    HL7: AR with ERR code 203; FHIR: not applicable.
+    """
+
+    hl7_code = 203
+
+
+class UnknownLeadError(LeadError):
+    """A waveform channel names a lead that is not one of the 12 standard leads (and no other
+    channel supplies the missing lead). HL7: AE 103; FHIR: 422 `code-invalid`."""
+
+
+class DuplicateLeadError(LeadError):
+    """The same lead is sent twice. HL7: AE 103; FHIR: 422 `code-invalid`."""
+
+
+class MissingLeadError(LeadError):
+    """A standard lead is absent and cannot be derived. HL7: AE 103; FHIR: 422 `code-invalid`."""
+
+
+class LengthMismatchError(WaveformError):
+    """Leads (or multiplexed samples) have different numbers of samples. HL7: AE 102;
+    FHIR: 422 `value`."""
+
+
+class SamplingRateError(WaveformError):
+    """The sampling rate is zero, negative, not a number, contradictory or absurd (outside
+    50-20,000 Hz). HL7: AE 102; FHIR: 422 `value`."""
+
+
+class UnitError(WaveformError):
+    """Sample units are not a voltage (uV, mV, V). HL7: AE 102; FHIR: 422 `value`."""
+
+
+class NonFiniteSampleError(WaveformError):
+    """A sample is NaN, infinite or not a number. HL7: AE 102; FHIR: 422 `value`."""
+
+
+class SampleRangeError(WaveformError):
+    """After scaling (sensitivity, factor, units) a sample exceeds the 16-bit microvolt range
+    (|v| > 32.767 mV), or a digital value is outside the declared ADC range: a misread gain.
+    HL7: AE 102; FHIR: 422 `value`."""
+
+
+class XmlSecurityError(MappingError):
+    """XML with a DOCTYPE, entity declarations or external references (XXE, billion laughs):
+    refused before any parsing. HL7: AE 102; FHIR: 422 `security`."""
+
+    hl7_code = 102
+    fhir_issue = "security"
+
+
+def error_text(error: MappingError) -> str:
+    """One line for HL7 ERR-8 / FHIR OperationOutcome.issue.diagnostics: the defect kind,
+    where it is and what is wrong, e.g. ``"duplicate lead at OBX[5].3: lead V1 sent twice"``."""
+    kind = type(error).__name__.removesuffix("Error")
+    words = "".join(f" {c.lower()}" if c.isupper() else c for c in kind).strip()
+    where = f" at {error.location}" if error.location else ""
+    return f"{words}{where}: {Exception.__str__(error)}"

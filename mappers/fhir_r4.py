@@ -40,6 +40,7 @@ from mappers.errors import (
     LeadError,
     MappingError,
     MissingFieldError,
+    NonFiniteSampleError,
     WaveformError,
 )
 from mappers.fhir_ecg_out import ECG_CODE, ECG_REFID, patient_resource, record_to_observation
@@ -238,10 +239,7 @@ def _samples(comp: ObservationComponent, loc: str) -> tuple[npt.NDArray[np.float
     period = Decimal(sd.period)
     if not period.is_finite() or period <= 0:
         raise WaveformError("period must be positive", location=f"{loc}.period")
-    try:
-        values = parse_decimals(sd.data, None)
-    except ValueError:
-        raise WaveformError("data holds non-numeric values", location=f"{loc}.data") from None
+    values = _data_values(sd.data, sd.lowerLimit, sd.upperLimit, loc)
     factor = Decimal(sd.factor) if sd.factor is not None else Decimal(1)
     if factor != 1:
         exponent = factor.normalize().as_tuple()
@@ -258,6 +256,43 @@ def _samples(comp: ObservationComponent, loc: str) -> tuple[npt.NDArray[np.float
     if origin:
         values = values + origin
     return to_millivolts(values, unit), period
+
+
+def _data_values(text: str, lower: Any, upper: Any, loc: str) -> npt.NDArray[np.float64]:
+    """SampledData.data -> numbers. The special values read: ``L`` -> lowerLimit and ``U`` ->
+    upperLimit (saturation, kept so the quality gate sees it); ``E`` (error) is refused, as
+    is L/U without its limit."""
+    try:
+        return parse_decimals(text, None)
+    except ValueError:
+        pass
+    tokens = text.split()
+    special = {"L": lower, "U": upper}
+    out = np.empty(len(tokens), dtype=np.float64)
+    for i, tok in enumerate(tokens):
+        if tok in special:
+            limit = special[tok]
+            if limit is None:
+                name = "lowerLimit" if tok == "L" else "upperLimit"
+                raise MissingFieldError(
+                    f"data value {i} is {tok!r} but SampledData has no {name}",
+                    location=f"{loc}.{name}",
+                )
+            out[i] = float(limit)
+            continue
+        if tok == "E":
+            raise NonFiniteSampleError(
+                f"data value {i} is 'E' (error): the lead is unusable", location=f"{loc}.data"
+            )
+        try:
+            out[i] = float(tok)
+        except ValueError:
+            raise NonFiniteSampleError(
+                f"data value {i} ({tok[:12]!r}) is not a number", location=f"{loc}.data"
+            ) from None
+    if not np.isfinite(out).all() or not tokens:
+        raise NonFiniteSampleError("data holds NaN, infinity or nothing", location=f"{loc}.data")
+    return out
 
 
 def _age_years(birth: Any, at: datetime | None, location: str) -> float | None:

@@ -16,13 +16,21 @@ aVR = 62, aVL = 63, aVF = 64.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from inference.record import LEADS_12
-from mappers.errors import LeadError
+from mappers.errors import (
+    LeadError,
+    LengthMismatchError,
+    MissingLeadError,
+    NonFiniteSampleError,
+    SampleRangeError,
+    UnknownLeadError,
+)
+from mappers.sample_codec import MAX_ABS_MV, out_of_range_peak
 
 #: Base code of MDC_ECG_ELEC_POTL (electric potential of a lead); lead codes are base + index.
 MDC_ECG_ELEC_POTL = 131328
@@ -56,6 +64,17 @@ _BY_CODE: dict[int, str] = {
     **{MDC_ECG_LEAD + idx: lead for lead, idx in _LEAD_INDEX.items()},
 }
 _PREFIX = re.compile(r"^(?:MDC_ECG_ELEC_POTL|MDC_ECG_LEAD|LEAD)[ _\-]?", re.IGNORECASE)
+
+
+def lead_of_any(texts: Sequence[str | None]) -> str | None:
+    """The canonical lead named by the first of `texts` that names one, else None."""
+    for text in texts:
+        if text:
+            try:
+                return canonical_lead(str(text))
+            except LeadError:
+                continue
+    return None
 
 
 def canonical_lead(name: str) -> str:
@@ -112,3 +131,67 @@ def derive_limb_leads(
     for name, values in derived.items():
         out.setdefault(name, values.astype(np.float32))
     return out
+
+
+_LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
+
+
+def assemble_12(
+    leads_mv: Mapping[str, npt.NDArray[np.float32]],
+    *,
+    locations: Mapping[str, str],
+    unknown: Sequence[str] = (),
+    where: str,
+) -> npt.NDArray[np.float32]:
+    """The 12 standard leads as one (12, n) float32 mV array, in `inference.LEADS_12` order.
+
+    `leads_mv` maps canonical names to samples, `locations` each lead to where it was sent
+    (for errors), `unknown` the locations of channels whose lead was not recognised, `where`
+    the location of the waveform as a whole. When only I and II of the limb leads are sent,
+    III, aVR, aVL and aVF are derived (`derive_limb_leads`). Raises `MissingLeadError` /
+    `UnknownLeadError` (a lead missing; unknown when unrecognised channels were sent),
+    `LengthMismatchError`, `NonFiniteSampleError` or `SampleRangeError`.
+    """
+    leads = dict(leads_mv)
+    if all(name in leads for name in ("I", "II")) and not any(n in leads for n in _LIMB_DERIVED):
+        _check_lengths(leads, locations, ("I", "II"))
+        leads = derive_limb_leads(leads)
+    missing = [lead for lead in LEADS_12 if lead not in leads]
+    if missing:
+        if unknown:
+            raise UnknownLeadError(
+                f"missing leads {', '.join(missing)}; unrecognised leads at "
+                f"{', '.join(unknown[:6])}",
+                location=unknown[0],
+            )
+        raise MissingLeadError(f"missing leads {', '.join(missing)}", location=where)
+    _check_lengths(leads, locations, LEADS_12)
+    for lead in LEADS_12:
+        values = leads[lead]
+        loc = locations.get(lead, where)
+        if not np.isfinite(values).all():
+            raise NonFiniteSampleError(f"lead {lead} has NaN or infinite samples", location=loc)
+        peak = out_of_range_peak(values)
+        if peak is not None:
+            raise SampleRangeError(
+                f"lead {lead} peaks at {peak:.1f} mV, beyond the 16-bit microvolt range "
+                f"(+-{MAX_ABS_MV:g} mV): wrong gain or units",
+                location=loc,
+            )
+    return np.stack([np.asarray(leads[lead], dtype=np.float32) for lead in LEADS_12])
+
+
+def _check_lengths(
+    leads: Mapping[str, npt.NDArray[np.float32]],
+    locations: Mapping[str, str],
+    names: Sequence[str],
+) -> None:
+    ref = names[0]
+    n_ref = leads[ref].shape
+    for lead in names[1:]:
+        if leads[lead].shape != n_ref:
+            raise LengthMismatchError(
+                f"lead {lead} has {leads[lead].size} samples but lead {ref} "
+                f"({locations.get(ref, ref)}) has {leads[ref].size}",
+                location=locations.get(lead, lead),
+            )

@@ -7,6 +7,8 @@ data such as PTB-XL travels as integers and reads back bit for bit.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 import numpy.typing as npt
 
@@ -60,6 +62,36 @@ def parse_decimals(text: str, sep: str | None) -> npt.NDArray[np.float64]:
     if not np.isfinite(values).all():
         raise ValueError("samples contain NaN or infinity")
     return values
+
+
+#: int16 range at 1 uV resolution: the largest amplitude a 16-bit microvolt channel (WFDB
+#: format 16, DICOM SS, aECG digits) carries. Samples beyond it after scaling are refused
+#: (`mappers.errors.SampleRangeError`): they mean a misread gain or unit.
+MAX_ABS_MV = 32.767
+
+
+def out_of_range_peak(values_mv: npt.NDArray[np.float32]) -> float | None:
+    """The peak |amplitude| in mV when it exceeds `MAX_ABS_MV`, else None."""
+    if values_mv.size == 0:
+        return None
+    peak = float(max(float(values_mv.max()), -float(values_mv.min())))
+    return peak if peak > MAX_ABS_MV else None
+
+
+def scale_values(values: npt.NDArray[np.float64], factor: str) -> npt.NDArray[np.float64]:
+    """``values * factor`` (factor as decimal text), dividing exactly when it is 10**-k so that
+    integer digits with scale 0.001 read back bit-identically to the decimal text."""
+    d = Decimal(factor.strip() or "1")
+    if not d.is_finite():
+        raise ValueError("scale factor is not finite")
+    if d == 1:
+        return values
+    t = d.normalize().as_tuple()
+    if t.digits == (1,) and isinstance(t.exponent, int) and t.sign == 0:
+        if t.exponent < 0:
+            return values / 10.0 ** (-t.exponent)
+        return values * 10.0**t.exponent
+    return values * float(d)
 
 
 def quantize(values_mv: npt.NDArray[np.float32], unit: str) -> tuple[npt.NDArray[np.int64], int]:

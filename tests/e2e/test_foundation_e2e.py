@@ -9,6 +9,7 @@ sent: subject, model version, and probabilities equal to the model's own output.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -215,3 +216,36 @@ def test_bad_hl7_gets_a_negative_ack_and_the_listener_keeps_serving(stack: Stack
         assert ack_code(garbage) == "AR"
     resp = httpx.get(f"{stack.serve.http_url}/health", timeout=5)
     assert resp.status_code == 200
+
+
+def test_audit_log_holds_the_chain_and_verifies(stack: Stack) -> None:
+    """After the ECGs above: `ecgbridge audit verify` on the same store exits 0, and the
+    log holds received -> ACK -> analysis -> report for an ECG sent over MLLP."""
+    env = dict(stack.serve.env)
+    verify = subprocess.run(
+        [sys.executable, "-m", "integration.cli", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    export = subprocess.run(
+        [sys.executable, "-m", "integration.cli", "audit", "export"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert export.returncode == 0, export.stderr
+    events = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+    subtypes = {c["code"] for e in events for c in e.get("subtype", [])}
+    assert {
+        "message.received",
+        "ack.sent",
+        "analysis.started",
+        "analysis.finished",
+        "report.written",
+    } <= subtypes, subtypes

@@ -156,3 +156,41 @@ def test_enhanced_mode_commit_acks_follow_msh15(
     segs[0] = b"|".join(fields)
     ack = IngestService(inbox=inbox, enqueue=Queue()).receive_hl7(b"\r".join(segs))
     assert (None if ack is None else ack_code(ack)) == expected
+
+
+class BrokenAudit:
+    """An audit log that cannot append (database full)."""
+
+    def append(self, event: object) -> int:
+        from integration.audit import AuditStoreError
+
+        raise AuditStoreError("disk full")
+
+
+def test_every_received_message_and_ack_is_audited(inbox: Inbox, sample: Sample) -> None:
+    from integration.audit import AuditLog, EventKind, SearchQuery
+
+    audit = AuditLog.in_memory()
+    svc = IngestService(inbox=inbox, enqueue=Queue(), audit=audit)
+    _receive(svc, _msg(sample, control_id="AUD1"))
+    _receive(svc, b"MSH|^~\\&|X|WARD|Y|Z|20260101||ADT^A01|AUD2|P|2.5.1\rPID|1")
+    events = audit.search(SearchQuery(newest_first=False))
+    kinds = [(e.kind, e.message_id, e.outcome.value) for e in events]
+    assert kinds == [
+        (EventKind.MESSAGE_RECEIVED, "AUD1", "0"),
+        (EventKind.ACK_SENT, "AUD1", "0"),
+        (EventKind.MESSAGE_RECEIVED, "AUD2", "4"),
+        (EventKind.ACK_SENT, "AUD2", "4"),
+    ]
+    item = inbox.find_by_key("hl7:WARD|AUD1")
+    assert item is not None and events[1].ecg_id == item.id
+    assert sample.record.patient is not None
+    assert audit.patient(events[0]) is not None
+    assert audit.verify().ok
+
+
+def test_audit_log_down_means_ae_and_nothing_stored(inbox: Inbox, sample: Sample) -> None:
+    q = Queue()
+    ack = _receive(IngestService(inbox=inbox, enqueue=q, audit=BrokenAudit()), _msg(sample))
+    assert ack_code(ack) == "AE"
+    assert inbox.count_by_status() == {} and q.items == []

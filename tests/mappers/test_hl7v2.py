@@ -20,6 +20,7 @@ from mappers.errors import (
     MappingError,
     MessageTypeError,
     MissingFieldError,
+    SampleRangeError,
     SegmentError,
     WaveformError,
 )
@@ -299,9 +300,9 @@ def test_missing_units() -> None:
     expect(replace_field(SMALL, lead_obx_index("II"), 6, ""), MissingFieldError, "OBX[3].6")
 
 
-def test_units_mismatch_caught_by_domain_validation() -> None:
-    # microvolt numbers labelled volts: the amplitude check turns it into a WaveformError
-    err = expect(replace_field(SMALL, lead_obx_index("I"), 6, "V"), WaveformError, "OBX")
+def test_units_mismatch_caught_by_the_16_bit_range_check() -> None:
+    # microvolt numbers labelled volts: beyond +-32.767 mV after scaling
+    err = expect(replace_field(SMALL, lead_obx_index("I"), 6, "V"), SampleRangeError, "OBX[2].5")
     assert "mV" in str(err)
 
 

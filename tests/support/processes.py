@@ -4,6 +4,7 @@ stops it (SIGTERM, then SIGKILL) on exit. Their output goes to a log file for fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -51,7 +52,12 @@ class _Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # its own process group, so kill_group reaches children
         )
         log.close()
 
@@ -68,6 +74,15 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        self.proc = None
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and all its children at once (a crashed container)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
         self.proc = None
 
     def log_tail(self, n: int = 60) -> str:

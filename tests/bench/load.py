@@ -1,0 +1,155 @@
+"""Load benchmark (issue 4, `make bench`): ECGs over MLLP at fixed rates from a separate
+process; per ECG, the time from send to its DiagnosticReport stored on the FHIR server
+(the server's `meta.lastUpdated`), on real redis-server, Celery worker(s), FHIR server and
+PostgreSQL. Prints throughput and p50/p95/p99 per rate, where the time goes (queue wait,
+decode, model, write-back, from the worker's own timings), and writes var/bench/load.json.
+
+    python -m tests.bench.load [--workers 1] [--rates 1,5,10,15,20,25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from inference.registry import DEFAULT_WEIGHTS
+from integration.pipeline import report_identity
+from tests.support.fhir_server import FhirServerProcess
+from tests.support.processes import (
+    EcgbridgeServe,
+    EcgbridgeWorker,
+    RedisServer,
+    ecgbridge_env,
+    wait_until,
+)
+
+OUT = Path("var/bench")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100.0 * (len(s) - 1)))]
+
+
+def run_rate(
+    serve: EcgbridgeServe, fhir: FhirServerProcess, rate: float, duration: float, tmp: Path
+) -> dict[str, Any]:
+    out = tmp / f"sent-{rate}.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.mllp_sender",
+            "--port",
+            str(serve.mllp_port),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=duration + 120,
+    )
+    sent: dict[str, dict[str, Any]] = json.loads(out.read_text())
+    version = DEFAULT_WEIGHTS.meta.model_version
+    rid_to_cid = {report_identity(f"hl7:WARD|{c}", version): c for c in sent}
+    stored: dict[str, float] = {}
+
+    def collect() -> bool:
+        for rid in rid_to_cid.keys() - stored.keys():
+            resp = httpx.get(f"{fhir.base_url}/DiagnosticReport/{rid}", timeout=10)
+            if resp.status_code == 200:
+                ts = resp.json()["meta"]["lastUpdated"].replace("Z", "+00:00")
+                stored[rid] = datetime.fromisoformat(ts).timestamp()
+        return len(stored) == len(rid_to_cid)
+
+    wait_until(collect, timeout_s=300, what=f"reports at {rate}/s", interval_s=1.0)
+    latencies = [stored[r] - sent[c]["sent_at"] for r, c in rid_to_cid.items()]
+    first = min(s["sent_at"] for s in sent.values())
+    span = max(stored.values()) - first
+    stages: dict[str, list[float]] = {}
+    with httpx.Client(base_url=serve.http_url, timeout=10) as http:
+        for cid in sent:
+            res = http.get("/ecg", params={"key": f"hl7:WARD|{cid}"}).json()["result"]
+            for k, v in (res.get("timings_ms") or {}).items():
+                stages.setdefault(k, []).append(float(v))
+    half = len(latencies) // 2
+    order = sorted(rid_to_cid, key=lambda r: sent[rid_to_cid[r]]["sent_at"])
+    lat_sorted = [stored[r] - sent[rid_to_cid[r]]["sent_at"] for r in order]
+    early, late = statistics.median(lat_sorted[:half] or [0]), statistics.median(lat_sorted[half:])
+    return {
+        "rate_per_s": rate,
+        "n": len(sent),
+        "throughput_per_s": len(sent) / span,
+        "p50_s": pct(latencies, 50),
+        "p95_s": pct(latencies, 95),
+        "p99_s": pct(latencies, 99),
+        "ack_p50_ms": 1000 * statistics.median(s["ack_s"] for s in sent.values()),
+        "backlog_growing": late > 2 * early + 0.5,
+        "stage_median_ms": {k: statistics.median(v) for k, v in stages.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--rates", default="1,5,10,15,20,25")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = p.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ecgbridge-load-"))
+    results = []
+    with RedisServer(tmp / "redis.log") as redis, FhirServerProcess() as fhir:
+        env = ecgbridge_env(
+            broker_url=redis.url,
+            database_url=args.database_url,
+            fhir_base_url=fhir.base_url,
+            data_dir=str(tmp / "var"),
+            worker_concurrency=str(args.workers),
+        )
+        with (
+            EcgbridgeWorker(env, tmp / "worker.log"),
+            EcgbridgeServe(env, tmp / "serve.log") as serve,
+        ):
+            time.sleep(3)
+            for rate in [float(r) for r in args.rates.split(",")]:
+                duration = args.duration if rate >= 5 else max(args.duration, 20.0)
+                r = run_rate(serve, fhir, rate, duration, tmp)
+                results.append(r)
+                print(
+                    f"workers={args.workers} rate {rate:5.1f}/s: throughput "
+                    f"{r['throughput_per_s']:5.1f}/s  p50 {r['p50_s']:.3f} s  "
+                    f"p95 {r['p95_s']:.3f} s  p99 {r['p99_s']:.3f} s  "
+                    f"ack p50 {r['ack_p50_ms']:.0f} ms  "
+                    f"backlog {'GROWING' if r['backlog_growing'] else 'stable'}  stages "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_median_ms"].items()),
+                    flush=True,
+                )
+    sustained = [r["rate_per_s"] for r in results if not r["backlog_growing"]]
+    summary = {
+        "workers": args.workers,
+        "results": results,
+        "max_sustained_rate_per_s": max(sustained) if sustained else 0.0,
+    }
+    (OUT / f"load-{args.workers}w.json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"highest rate sustained without a growing backlog: {summary['max_sustained_rate_per_s']}/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
