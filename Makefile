@@ -28,8 +28,8 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 # when missing (needs root). Playwright drives the system Chromium; it downloads no browser.
 system-deps:
 	@command -v redis-server >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
-	  && command -v chromium >/dev/null \
-	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm chromium; }
+	  && command -v chromium >/dev/null && command -v docker-compose >/dev/null \
+	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm chromium docker-compose; }
 
 demo: install
 	$(BIN)/ecgbridge demo
@@ -46,8 +46,12 @@ typecheck: install
 
 check: lint typecheck test
 
-bench: install node
+# Speed goals as ratios against a peer in the same run; results in var/bench/*.json.
+bench: system-deps install node
 	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.audit_bench
+	$(BIN)/python -m tests.bench.load --workers 1
+	$(BIN)/python -m tests.bench.load --workers 2
 
 train: install
 	$(BIN)/ecgbridge train --data ../shared/data/ptbxl --out inference/weights --seed 0

@@ -11,13 +11,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from integration.alerts import get_alert_settings
 from integration.audit import AuditLog
+from integration.cds import LatestAnalysis
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Inbox, InboxItem
 from integration.ingest import FhirAccepted, IngestService
+from integration.metrics import Metrics, metrics_asgi_app
 from mappers.errors import MappingError
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,29 @@ def create_app(
     inbox: Inbox,
     health: Callable[[], dict[str, Any]],
     audit: AuditLog | None = None,
+    metrics: Metrics | None = None,
+    latest: LatestAnalysis | None = None,
+    intake_auth: Callable[..., object] | None = None,
+    cds_auth: Callable[..., object] | None = None,
 ) -> FastAPI:
+    """The HTTP app. Optional parts: the audit review router (with `audit`), Prometheus
+    `/metrics` (with `metrics`), CDS Hooks (with `audit` and `latest`), the ED-alert
+    acknowledgement links (when alerts are configured), and bearer-token auth on the FHIR
+    intake and CDS routes (`intake_auth`, a FastAPI dependency)."""
     app = FastAPI(title="ecgbridge", version="0.1.0")
+    guard = [Depends(intake_auth)] if intake_auth is not None else []
+    if metrics is not None:
+        app.mount("/metrics", metrics_asgi_app(metrics))  # type: ignore[arg-type]
+    if audit is not None and latest is not None:
+        from integration.cds import make_cds_router
+
+        app.include_router(make_cds_router(latest=latest, audit=audit, auth=cds_auth))
+    alert_settings = get_alert_settings()
+    if audit is not None and alert_settings.webhook_secret is not None:
+        from integration.alerts import make_alert_ack_router
+
+        secret = alert_settings.webhook_secret.get_secret_value().encode()
+        app.include_router(make_alert_ack_router(audit, secret=secret))
     if audit is not None:
         from integration.audit.config import get_audit_settings
         from integration.audit.router import bearer_reviewers, make_audit_router
@@ -108,11 +132,11 @@ def create_app(
             )
         return _accepted_response(accepted)
 
-    @app.post("/fhir/Observation")
+    @app.post("/fhir/Observation", dependencies=guard)
     async def post_observation(request: Request) -> Response:
         return await _intake(request, "Observation")
 
-    @app.post("/fhir")
+    @app.post("/fhir", dependencies=guard)
     async def post_bundle(request: Request) -> Response:
         return await _intake(request, "Bundle")
 

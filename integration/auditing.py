@@ -45,7 +45,7 @@ def received(
         outcome=outcome,
         patient=patient_of(record),
         ecg_id=ecg_id,
-        message_id=message_id,
+        message_id=message_id or None,
         detail=detail,
     )
 
@@ -57,7 +57,7 @@ def ack_sent(*, actor: str, message_id: str, code: str, ecg_id: str | None) -> A
         actor=actor,
         outcome=Outcome.SUCCESS if ok else Outcome.MINOR_FAILURE,
         ecg_id=ecg_id,
-        message_id=message_id,
+        message_id=message_id or None,
         detail={"ack_code": code},
     )
 

@@ -6,6 +6,9 @@
     ecgbridge train                   train the model on PTB-XL folds 1-8 (select on fold 9)
     ecgbridge evaluate --data DIR [--folds 9] --out FILE.json
     ecgbridge demo                    run the whole flow on embedded defaults
+    ecgbridge doctor                  check every configured dependency
+    ecgbridge backfill DIR [--rate N] push an archive through the queue (resumable)
+    ecgbridge audit verify|export|prove|consistency ...
 
 Exit codes: 0 success, 1 failure, 2 bad input (the message names the file and the field).
 """
@@ -55,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--bootstrap", type=int, default=1000)
 
+    sub.add_parser("doctor", help="check every configured dependency, in plain words")
+
+    b = sub.add_parser("backfill", help="push an archive of ECG files through the queue")
+    b.add_argument("dir", type=Path)
+    b.add_argument("--rate", type=float, default=5.0, help="ECGs per second (default 5)")
+    b.add_argument("--state", type=Path, default=None, help="resume file (default in DIR)")
+
     au = sub.add_parser(
         "audit", help="verify, export or prove the audit log (ecgbridge audit verify --help)"
     )
@@ -86,6 +96,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args.data, args.out, args.seed, args.epochs)
         if args.command == "evaluate":
             return _evaluate(args.data, args.folds, args.out, args.bootstrap)
+        if args.command == "doctor":
+            from integration.doctor import run_doctor
+
+            checks = run_doctor(settings)
+            for check in checks:
+                print(check.line())
+            return 0 if all(c.ok for c in checks) else 1
+        if args.command == "backfill":
+            from integration.backfill import backfill
+
+            summary = backfill(
+                settings,
+                args.dir,
+                rate_per_s=args.rate,
+                state_file=args.state,
+                progress=sys.stderr,
+            )
+            print(summary.text())
+            return 0 if summary.complete else 1
         if args.command == "audit":
             from integration.audit.cli import cli_main
 

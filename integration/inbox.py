@@ -28,8 +28,10 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -69,6 +71,8 @@ inbox_table = Table(
     Column("payload_sha256", String(64), nullable=False),
     Column("record_id", String(256), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
+    # HMAC of the patient identifier (never the identifier itself): CDS Hooks look-ups.
+    Column("patient_key", String(64), nullable=True, index=True),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("ack", LargeBinary, nullable=True),
@@ -90,6 +94,7 @@ class InboxItem:
     payload_sha256: str
     record_id: str
     priority: int
+    patient_key: str | None
     status: Status
     attempts: int
     ack: bytes | None
@@ -128,6 +133,7 @@ def _item(row: Any) -> InboxItem:
         payload_sha256=m["payload_sha256"],
         record_id=m["record_id"],
         priority=m["priority"],
+        patient_key=m["patient_key"],
         status=Status(m["status"]),
         attempts=m["attempts"],
         ack=None if m["ack"] is None else bytes(m["ack"]),
@@ -178,10 +184,24 @@ class Inbox:
     def create_schema(self) -> None:
         try:
             metadata.create_all(self._engine)
+            self._add_missing_columns()
         except SQLAlchemyError as exc:
             raise InboxError(
                 f"inbox schema could not be created: {exc.__class__.__name__}"
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """Forward-only schema upgrade for inboxes made by an earlier version: add the
+        nullable columns it lacks (no data is rewritten)."""
+        have = {c["name"] for c in inspect(self._engine).get_columns(inbox_table.name)}
+        with self._engine.begin() as conn:
+            for col in inbox_table.columns:
+                if col.name not in have and col.nullable:
+                    kind = col.type.compile(dialect=self._engine.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE {inbox_table.name} ADD COLUMN "{col.name}" {kind}')
+                    )
+                    log.info("inbox schema: added column %s", col.name)
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -196,6 +216,7 @@ class Inbox:
         record_id: str,
         priority: int = 0,
         ack: bytes | None = None,
+        patient_key: str | None = None,
     ) -> Accepted:
         """Commit a message, or return the stored one for a replay of the same key.
 
@@ -214,6 +235,7 @@ class Inbox:
             "payload_sha256": sha,
             "record_id": record_id,
             "priority": priority,
+            "patient_key": patient_key,
             "status": Status.ACCEPTED.value,
             "attempts": 0,
             "ack": ack,
@@ -314,6 +336,20 @@ class Inbox:
         stmt = stmt.order_by(inbox_table.c.priority, inbox_table.c.received_at).limit(limit)
         with self._engine.connect() as conn:
             return [_item(r) for r in conn.execute(stmt)]
+
+    def latest_done_for(self, patient_keys: list[str]) -> InboxItem | None:
+        """The most recently finished ECG of a patient, by the keyed hashes of any of the
+        patient's identifiers."""
+        if not patient_keys:
+            return None
+        stmt = (
+            select(inbox_table)
+            .where(inbox_table.c.patient_key.in_(patient_keys))
+            .where(inbox_table.c.status == Status.DONE.value)
+            .order_by(inbox_table.c.updated_at.desc())
+            .limit(1)
+        )
+        return self._one(stmt)
 
     def count_by_status(self) -> dict[str, int]:
         from sqlalchemy import func

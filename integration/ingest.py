@@ -22,6 +22,7 @@ from integration.audit import AuditError, AuditEvent, Outcome
 from integration.auditing import Auditor
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Accepted, ContentType, Inbox, InboxItem
+from integration.metrics import Metrics
 from integration.mllp_client import ack_code
 from mappers.errors import FhirResourceError, MappingError
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
@@ -122,11 +123,15 @@ class IngestService:
         inbox: Inbox,
         enqueue: Enqueue,
         audit: Auditor | None = None,
+        metrics: Metrics | None = None,
+        patient_key: Callable[[str], str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._inbox = inbox
         self._enqueue = enqueue
         self._audit = audit
+        self._metrics = metrics
+        self._patient_key = patient_key
         self._clock = clock
 
     # -- HL7 v2 --------------------------------------------------------------------------
@@ -138,6 +143,8 @@ class IngestService:
         SU): the commit ACK CA / CE / CR, sent as MSH-15 asks (AL always, NE never, ER only
         on error, SU only on success).
         """
+        if self._metrics is not None:
+            self._metrics.messages_received(channel)
         try:
             msh = parse_msh(message)
         except MappingError as exc:
@@ -188,6 +195,7 @@ class IngestService:
                 record_id=record.record_id,
                 priority=PRIORITY[order_priority(message)],
                 ack=ack,
+                patient_key=self._key_of(record),
             )
         except DuplicateConflictError as exc:
             log.warning("HL7 message %s refused: %s", msh.control_id, exc)
@@ -229,6 +237,8 @@ class IngestService:
         log.info("HL7 message %s committed as %s", msh.control_id, item.id)
         failpoints.hit("after_inbox_commit")
         self._queue(item)
+        if self._metrics is not None:
+            self._metrics.acked(ack_code_for(msh, "AA"))
         self._record(
             auditing.ack_sent(
                 actor=actor, message_id=msh.control_id, code=ack_code_for(msh, "AA"), ecg_id=item.id
@@ -239,8 +249,10 @@ class IngestService:
     def _answer(
         self, msh: Msh, code: str, *, channel: str, error: MappingError | None = None
     ) -> bytes | None:
-        """A negative ACK, audited."""
+        """A negative ACK, audited and counted (by its HL7 table 0357 code)."""
         ack = self._ack(msh, code, error=error)
+        if self._metrics is not None:
+            self._metrics.nacked(str(error.hl7_code) if error is not None else code)
         self._record(
             auditing.ack_sent(
                 actor=f"{channel}:{msh.sending_application}|{msh.sending_facility}",
@@ -250,6 +262,14 @@ class IngestService:
             )
         )
         return ack
+
+    def _key_of(self, record: EcgRecord) -> str | None:
+        """The keyed hash (HMAC) of the patient's identifier, for look-ups by patient
+        (CDS Hooks) without storing the identifier itself."""
+        p = record.patient
+        if p is None or self._patient_key is None:
+            return None
+        return self._patient_key(p.value or p.reference or "")
 
     def _record(self, event: AuditEvent, *, strict: bool = False) -> None:
         if self._audit is None:
@@ -282,6 +302,8 @@ class IngestService:
             obj = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FhirResourceError(f"the body is not JSON: {exc}") from None
+        if self._metrics is not None:
+            self._metrics.messages_received(channel)
         records = _fhir_records(obj)
         if not records:
             raise FhirResourceError("the Bundle holds no ECG Observation", location="Bundle.entry")
@@ -295,6 +317,7 @@ class IngestService:
                 payload=payload,
                 record_id=record.record_id,
                 priority=ROUTINE_PRIORITY,
+                patient_key=self._key_of(record),
             )
             self._record(
                 auditing.received(

@@ -15,6 +15,7 @@ from inference.analyzer import Analyzer
 from inference.record import EcgRecord
 from inference.result import AnalysisResult
 from integration import auditing, failpoints
+from integration.alerts import AlertSender
 from integration.auditing import Auditor
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
@@ -54,10 +55,18 @@ def analyse_and_write(
     analyzer: Analyzer,
     writer: ReportWriter,
     now: datetime,
+    alerts: AlertSender | None = None,
+    ecg_id: str | None = None,
 ) -> Analysed:
-    """Analyse one record and write its report (shared by the worker and the CLI)."""
+    """Analyse one record and write its report (shared by the worker and the CLI).
+
+    A high-risk triage result raises the ED alert at once, before the report is built and
+    written (and before any explanation work): the alert never waits for them."""
     t0 = time.perf_counter()
     result = analyzer.analyze(record, now=now)
+    if alerts is not None:
+        report_ref = f"DiagnosticReport/{report_identity(idem_key, analyzer.model_version)}"
+        alerts.send_alert(result, record, report_ref, ecg_id=ecg_id)
     t1 = time.perf_counter()
     resources = build_report(
         result,
@@ -81,6 +90,7 @@ def process_item(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     max_attempts: int = 5,
     audit: Auditor | None = None,
+    alerts: AlertSender | None = None,
 ) -> Outcome:
     item = inbox.get(item_id)
     if item is None:
@@ -115,7 +125,13 @@ def process_item(
         )
     failpoints.hit("before_analysis")
     done = analyse_and_write(
-        record, idem_key=item.idem_key, analyzer=analyzer, writer=writer, now=clock()
+        record,
+        idem_key=item.idem_key,
+        analyzer=analyzer,
+        writer=writer,
+        now=clock(),
+        alerts=alerts,
+        ecg_id=item_id,
     )
     timings = {
         "queue_wait_ms": (started - item.received_at).total_seconds() * 1000.0,

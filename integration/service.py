@@ -17,12 +17,15 @@ import uvicorn
 
 from integration.api import create_app as create_http_app
 from integration.audit import AuditLog
+from integration.cds import PatientKey, StoredAnalysis
 from integration.celery_app import create_app as create_celery_app
 from integration.celery_app import enqueue_analysis
 from integration.inbox import Inbox
 from integration.ingest import IngestService, nak_for
+from integration.metrics import Metrics, redis_queue_depth
 from integration.mllp import MllpServer
 from integration.settings import Settings
+from integration.smart import BearerValidator, get_smart_settings, require_bearer
 from integration.tasks import BACKOFF_CAP_S
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,40 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         enqueue_analysis(celery, item_id, priority=priority)
 
     audit = AuditLog.from_settings()
-    ingest = IngestService(inbox=inbox, enqueue=enqueue, audit=audit)
+    metrics = Metrics()
+    if settings.broker_url:
+        import redis
+
+        metrics.watch_queue_depth(redis_queue_depth(redis.Redis.from_url(settings.broker_url)))
+    ingest = IngestService(
+        inbox=inbox, enqueue=enqueue, audit=audit, metrics=metrics, patient_key=audit.patient_key
+    )
+
+    def latest(key: PatientKey) -> StoredAnalysis | None:
+        keys = [audit.patient_key(key.reference)] + [
+            audit.patient_key(v) for _, v in key.identifiers
+        ]
+        item = inbox.latest_done_for(keys)
+        if item is None or item.result_json is None:
+            return None
+        return StoredAnalysis.from_result_json(
+            item.result_json,
+            ecg_id=item.id,
+            report_ref=item.report_ref,
+            analysed_at=item.updated_at,
+        )
+
+    intake_auth = cds_auth = None
+    smart = get_smart_settings()
+    if smart.auth_jwks_url:
+        validator = BearerValidator(
+            jwks_url=smart.auth_jwks_url,
+            audience=smart.auth_audience or "",
+            issuer=smart.auth_issuer,
+            leeway_s=smart.auth_leeway_s,
+        )
+        intake_auth = require_bearer(validator, "system/Observation.write", audit=audit)
+        cds_auth = require_bearer(validator, "system/DiagnosticReport.read", audit=audit)
     version = model_version()
 
     def health() -> dict[str, Any]:
@@ -104,7 +140,16 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     )
     http = uvicorn.Server(
         uvicorn.Config(
-            create_http_app(ingest=ingest, inbox=inbox, health=health, audit=audit),
+            create_http_app(
+                ingest=ingest,
+                inbox=inbox,
+                health=health,
+                audit=audit,
+                metrics=metrics,
+                latest=latest,
+                intake_auth=intake_auth,
+                cds_auth=cds_auth,
+            ),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

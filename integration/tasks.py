@@ -22,12 +22,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from inference.analyzer import Analyzer
+from integration.alerts import AlertSender, get_alert_settings
 from integration.audit import AuditLog, AuditStoreError
 from integration.celery_app import ANALYZE_TASK
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
 from integration.pipeline import process_item
 from integration.settings import Settings
+from integration.smart import BackendServicesAuth, get_smart_settings
 from integration.writeback import FhirServerWriter, NdjsonSink, ReportWriter
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,34 @@ def backoff_s(
 
 
 def make_writer(settings: Settings) -> ReportWriter:
+    """The FHIR server writer (with SMART Backend Services auth when configured), or the
+    ndjson sink."""
     if settings.fhir_base_url:
-        return FhirServerWriter(settings.fhir_base_url, timeout_s=settings.fhir_timeout_s)
+        return FhirServerWriter(
+            settings.fhir_base_url, timeout_s=settings.fhir_timeout_s, auth=smart_auth()
+        )
     return NdjsonSink(settings.out_dir)
+
+
+def smart_auth() -> BackendServicesAuth | None:
+    smart = get_smart_settings()
+    if not (smart.smart_token_url and smart.smart_client_id):
+        return None
+    return BackendServicesAuth(
+        token_url=smart.smart_token_url,
+        client_id=smart.smart_client_id,
+        scope=smart.smart_scope,
+        keys=smart.signing_keys(),
+    )
+
+
+def make_alert_sender(settings: Settings, audit: AuditLog) -> AlertSender | None:
+    alert_settings = get_alert_settings()
+    if not alert_settings.enabled:
+        return None
+    return AlertSender(
+        alert_settings, fhir_base_url=settings.fhir_base_url, fhir_auth=smart_auth(), audit=audit
+    )
 
 
 class _WorkerState:
@@ -60,6 +87,7 @@ class _WorkerState:
         self.inbox = Inbox.from_url(settings.effective_database_url)
         self.writer = make_writer(settings)
         self.audit = AuditLog.from_settings()
+        self.alerts = make_alert_sender(settings, self.audit)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -96,6 +124,7 @@ def register(app: Celery, settings: Settings) -> None:
                 writer=s.writer,
                 max_attempts=settings.task_max_retries + UNKNOWN_ERROR_ATTEMPTS,
                 audit=s.audit,
+                alerts=s.alerts,
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)

@@ -18,6 +18,7 @@ import httpx
 
 from integration import failpoints
 from integration.errors import WriteBackError
+from integration.smart import TokenError
 from mappers.fhir_r4 import ReportResources, resource_json
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,18 @@ class FhirServerWriter:
     """PUT each resource to a FHIR R4 server (update-as-create with a deterministic id)."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        transport: httpx.BaseTransport | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             timeout=timeout_s,
             transport=transport,
+            auth=auth,
             headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
         )
 
@@ -107,6 +114,10 @@ class FhirServerWriter:
             url = f"{self.base_url}/{res['resourceType']}/{res['id']}"
             try:
                 resp = self._client.put(url, content=json.dumps(res))
+            except TokenError as exc:
+                raise WriteBackError(
+                    f"no access token for the FHIR server: {exc}", transient=exc.transient
+                ) from exc
             except httpx.HTTPError as exc:
                 raise WriteBackError(
                     f"PUT {res['resourceType']}/{res['id']} failed: {exc.__class__.__name__}",

@@ -90,7 +90,7 @@ def to_fhir(event: StoredEvent, *, patient: PatientRef | None = None) -> FhirAud
             if "/" in event.resource
             else {"identifier": {"value": event.resource}}
         )
-    elif event.message_id is not None:
+    elif event.message_id:
         obj["what"] = {"identifier": {"value": event.message_id}}
         obj["role"] = {"system": OBJECT_ROLE, "code": "3", "display": "Report"}
     if "what" in obj or details:

@@ -1,0 +1,157 @@
+"""Prometheus metrics: a small typed API over prometheus-client.
+
+One `Metrics` per process, built with its own `CollectorRegistry` (no module-level
+globals), exposed by `make_asgi_app(metrics)` mounted at ``/metrics`` on the HTTP API.
+Labels carry codes and reasons, never PHI.
+
+Celery workers are separate processes: each keeps its own registry; scrape them with
+``prometheus_client.start_http_server`` in ``worker_process_init`` or use the multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``), see deploy/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+#: Seconds: an ECG stage takes milliseconds (parse) to seconds (model on CPU, write-back).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+#: Analysis stages, the label values of ``ecgbridge_analysis_seconds``.
+STAGES = frozenset(
+    {"decode", "quality", "preprocess", "model", "explain", "writeback", "total", "queue_wait"}
+)
+
+
+class RedisLike(Protocol):
+    """What the queue-depth collector needs from a Redis client (redis-py fits)."""
+
+    def llen(self, name: str) -> int: ...
+
+
+class Metrics:
+    """Counters, histograms and gauges of one process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._received = Counter(
+            "ecgbridge_messages_received", "ECG messages received", ["channel"], registry=r
+        )
+        self._acked = Counter(
+            "ecgbridge_messages_acked", "Positive answers sent (AA/CA, 202)", ["code"], registry=r
+        )
+        self._nacked = Counter(
+            "ecgbridge_messages_nacked",
+            "Negative answers sent (AE/AR/CE/CR, 4xx) by reason",
+            ["reason"],
+            registry=r,
+        )
+        self._analysis = Histogram(
+            "ecgbridge_analysis_seconds",
+            "Time per analysis stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._writeback_errors = Counter(
+            "ecgbridge_writeback_errors", "Failed write-backs to the EHR", ["kind"], registry=r
+        )
+        self._alerts = Counter("ecgbridge_alerts_sent", "ED alerts sent", registry=r)
+        self._fairness = Counter(
+            "ecgbridge_fairness_checks",
+            "Fairness checks by outcome (stable / flagged)",
+            ["outcome"],
+            registry=r,
+        )
+        self._backfill = Counter(
+            "ecgbridge_backfill_files", "Backfill files by outcome", ["outcome"], registry=r
+        )
+
+    def messages_received(self, channel: str) -> None:
+        self._received.labels(channel=channel).inc()
+
+    def acked(self, code: str) -> None:
+        self._acked.labels(code=code).inc()
+
+    def nacked(self, reason: str) -> None:
+        self._nacked.labels(reason=reason).inc()
+
+    def analysis_seconds(self, stage: str, seconds: float) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
+        self._analysis.labels(stage=stage).observe(seconds)
+
+    def writeback_error(self, kind: str = "transient") -> None:
+        self._writeback_errors.labels(kind=kind).inc()
+
+    def alert_sent(self) -> None:
+        self._alerts.inc()
+
+    def fairness_check(self, outcome: str) -> None:
+        self._fairness.labels(outcome=outcome).inc()
+
+    def backfill_file(self, outcome: str) -> None:
+        self._backfill.labels(outcome=outcome).inc()
+
+    def watch_queue_depth(self, depth: Callable[[], dict[str, int]]) -> None:
+        """Export ``ecgbridge_queue_depth{queue, priority}`` read at scrape time."""
+        self.registry.register(QueueDepthCollector(depth))
+
+
+class QueueDepthCollector(Collector):
+    """``ecgbridge_queue_depth``: messages waiting, per priority and summed (priority="all")."""
+
+    def __init__(self, depth: Callable[[], dict[str, int]], *, queue: str = "ecgbridge") -> None:
+        self._depth = depth
+        self._queue = queue
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        try:
+            per_priority = self._depth()
+        except Exception as exc:  # a broker outage must not break the whole scrape
+            log.warning("queue depth unavailable: %s", exc.__class__.__name__)
+            yield family
+            return
+        for priority, n in sorted(per_priority.items()):
+            family.add_metric([self._queue, priority], float(n))
+        family.add_metric([self._queue, "all"], float(sum(per_priority.values())))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "ecgbridge_queue_depth",
+            "ECGs waiting in the broker queue",
+            labels=["queue", "priority"],
+        )
+
+
+def redis_queue_depth(
+    client: RedisLike, *, queue: str = "ecgbridge", priority_steps: Iterable[int] = range(10)
+) -> Callable[[], dict[str, int]]:
+    """A depth reader for Celery's Redis transport, which keeps one list per priority step:
+    ``queue`` for 0 and ``queue + "\\x06\\x16" + str(p)`` for p > 0."""
+    sep = "\x06\x16"
+    steps = list(priority_steps)
+
+    def depth() -> dict[str, int]:
+        return {str(p): int(client.llen(queue if p == 0 else f"{queue}{sep}{p}")) for p in steps}
+
+    return depth
+
+
+def metrics_asgi_app(metrics: Metrics) -> Callable[..., object]:
+    """The ASGI app that serves ``metrics`` (mount it: ``app.mount("/metrics", ...)``)."""
+    app: Callable[..., object] = make_asgi_app(registry=metrics.registry)
+    return app

@@ -1,0 +1,131 @@
+"""The worker's job for one inbox item, with in-memory twins around the real model:
+order of alert vs write-back, audit chain, dead-letter rules, idempotency."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference.analyzer import Analyzer
+from inference.record import EcgRecord
+from inference.result import AnalysisResult
+from integration.audit import AuditLog, EventKind, SearchQuery
+from integration.inbox import Inbox, Status
+from integration.ingest import IngestService
+from integration.pipeline import process_item
+from integration.samples import Sample, load_samples
+from integration.writeback import Written
+from mappers.fhir_r4 import ReportResources
+from mappers.hl7v2 import build_oru_r01
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+class Journal:
+    """Shared record of what happened, in order."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+
+class FakeWriter:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def write(self, resources: ReportResources) -> Written:
+        self.journal.steps.append("write")
+        rid = resources.diagnostic_report.id
+        return Written(report_ref=f"DiagnosticReport/{rid}", location="memory")
+
+    def close(self) -> None:
+        return None
+
+
+class FakeAlerts:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def send_alert(
+        self, result: AnalysisResult, record: EcgRecord, report_ref: str, *, ecg_id: str | None
+    ) -> Any:
+        self.journal.steps.append(f"alert:{report_ref}")
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer.load(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def positive() -> Sample:
+    return next(s for s in load_samples() if s.label.startswith("MI"))
+
+
+def _accept(inbox: Inbox, sample: Sample, cid: str) -> str:
+    queued: list[str] = []
+    svc = IngestService(inbox=inbox, enqueue=lambda i, _p: queued.append(i))
+    svc.receive_hl7(build_oru_r01(sample.record, control_id=cid, now=NOW))
+    return queued[0]
+
+
+def test_alert_fires_before_the_report_is_written_and_events_are_audited(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/i.sqlite3")
+    item_id = _accept(inbox, positive, "P1")
+    journal, audit = Journal(), AuditLog.in_memory()
+    outcome = process_item(
+        item_id,
+        inbox=inbox,
+        analyzer=analyzer,
+        writer=FakeWriter(journal),
+        audit=audit,
+        alerts=FakeAlerts(journal),  # type: ignore[arg-type]
+    )
+    assert outcome.status is Status.DONE
+    assert journal.steps[0].startswith("alert:DiagnosticReport/ecg-")
+    assert journal.steps[1] == "write"
+    assert journal.steps[0].removeprefix("alert:") == outcome.report_ref
+    kinds = [e.kind for e in audit.search(SearchQuery(ecg_id=item_id, newest_first=False))]
+    assert kinds == [
+        EventKind.ANALYSIS_STARTED,
+        EventKind.ANALYSIS_FINISHED,
+        EventKind.REPORT_WRITTEN,
+    ]
+    # Done items are not processed again.
+    again = process_item(item_id, inbox=inbox, analyzer=analyzer, writer=FakeWriter(journal))
+    assert again.status is Status.DONE and journal.steps.count("write") == 1
+
+
+def test_an_item_whose_attempts_all_died_is_dead_lettered(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/i.sqlite3")
+    item_id = _accept(inbox, positive, "P2")
+    for _ in range(3):  # three workers died mid-analysis
+        inbox.mark_processing(item_id)
+    journal = Journal()
+    outcome = process_item(
+        item_id, inbox=inbox, analyzer=analyzer, writer=FakeWriter(journal), max_attempts=3
+    )
+    assert outcome.status is Status.DEAD_LETTER
+    item = inbox.get(item_id)
+    assert item is not None and "3 attempts" in (item.error or "")
+    assert journal.steps == []
+
+
+def test_retrying_items_are_not_mistaken_for_poison(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/i.sqlite3")
+    item_id = _accept(inbox, positive, "P3")
+    for _ in range(5):  # five transient failures, each recorded as retrying
+        inbox.mark_processing(item_id)
+        inbox.mark_retrying(item_id, error="ConnectError")
+    outcome = process_item(
+        item_id, inbox=inbox, analyzer=analyzer, writer=FakeWriter(Journal()), max_attempts=3
+    )
+    assert outcome.status is Status.DONE
