@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from integration.mllp_framing import Frame, Malformed, MllpDecoder, Oversize, frame
 from mappers.errors import MappingError
@@ -39,6 +41,18 @@ class _FramingFaultError(MappingError):
 NakBuilder = Callable[[bytes, MappingError], bytes]
 
 
+def server_tls_context(*, cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """TLS 1.2+ for the listener; with `client_ca`, peers must present a certificate
+    issued by it (mutual TLS), else the handshake fails and nothing is read."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 class MllpServer:
     """Serve HL7 over MLLP: `handler(message) -> ack` for each frame."""
 
@@ -51,6 +65,7 @@ class MllpServer:
         port: int,
         max_frame: int,
         idle_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._handler = handler
         self._nak = nak
@@ -58,6 +73,7 @@ class MllpServer:
         self._port = port
         self._max_frame = max_frame
         self._idle_timeout_s = idle_timeout_s
+        self._ssl = ssl_context
         self._server: asyncio.Server | None = None
 
     @property
@@ -68,7 +84,12 @@ class MllpServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=READ_CHUNK
+            self._serve,
+            self._host,
+            self._port,
+            limit=READ_CHUNK,
+            ssl=self._ssl,
+            ssl_handshake_timeout=30.0 if self._ssl else None,
         )
         log.info("MLLP listener on %s:%d", self._host, self.port)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from integration.mllp_framing import Frame, MllpDecoder, frame
@@ -19,6 +20,15 @@ from integration.mllp_framing import Frame, MllpDecoder, frame
 
 class MllpClientError(OSError):
     """No ACK came back (connection refused, closed or timed out)."""
+
+
+class AckRejectedError(MllpClientError):
+    """The peer answered with a negative ACK (AE, AR, CE, CR)."""
+
+    def __init__(self, code: str, ack: bytes) -> None:
+        super().__init__(f"peer answered {code}")
+        self.code = code
+        self.ack = ack
 
 
 def ack_code(ack: bytes) -> str:
@@ -33,10 +43,18 @@ def ack_code(ack: bytes) -> str:
 class MllpClient:
     """One persistent connection; `send` writes one frame and waits for its ACK."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
+        self.ssl_context = ssl_context
         self._sock: socket.socket | None = None
         self._decoder = MllpDecoder(max_frame=64 * 1024 * 1024)
 
@@ -48,7 +66,10 @@ class MllpClient:
         self.close()
 
     def connect(self) -> None:
-        self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+        self._sock = sock
         self._decoder = MllpDecoder(max_frame=64 * 1024 * 1024)
 
     def close(self) -> None:
@@ -81,6 +102,34 @@ class MllpClient:
         """Send one message and return its ACK."""
         self.send_raw(frame(message))
         return self.read_ack()
+
+    def deliver(
+        self,
+        message: bytes,
+        *,
+        attempts: int = 5,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> bytes:
+        """Send until the peer accepts: reconnect and resend the same message (same MSH-10,
+        so a receiver that stored it answers with its stored ACK) when the connection fails
+        or times out, with doubling backoff. Returns the AA/CA ACK; raises `AckRejectedError`
+        for AE/AR/CE/CR (resending cannot help) and `MllpClientError` when attempts run out.
+        """
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                ack = self.send(message)
+            except OSError as exc:  # MllpClientError, refused, reset, timeout
+                last = exc
+                self.close()
+                sleep(backoff_s * 2**attempt)
+                continue
+            code = ack_code(ack)
+            if code in ("AA", "CA"):
+                return ack
+            raise AckRejectedError(code, ack)
+        raise MllpClientError(f"no ACK after {attempts} attempts: {last}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

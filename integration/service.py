@@ -23,7 +23,7 @@ from integration.celery_app import enqueue_analysis
 from integration.inbox import Inbox
 from integration.ingest import IngestService, nak_for
 from integration.metrics import Metrics, redis_queue_depth
-from integration.mllp import MllpServer
+from integration.mllp import MllpServer, server_tls_context
 from integration.settings import Settings
 from integration.smart import BearerValidator, get_smart_settings, require_bearer
 from integration.tasks import BACKOFF_CAP_S
@@ -137,6 +137,13 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         port=settings.mllp_port,
         max_frame=settings.mllp_max_frame_bytes,
         idle_timeout_s=settings.mllp_idle_timeout_s,
+        ssl_context=None
+        if settings.mllp_tls_cert is None or settings.mllp_tls_key is None
+        else server_tls_context(
+            cert=settings.mllp_tls_cert,
+            key=settings.mllp_tls_key,
+            client_ca=settings.mllp_tls_client_ca,
+        ),
     )
     http = uvicorn.Server(
         uvicorn.Config(

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     mllp_port: int = Field(default=2575, ge=0, le=65535)
     mllp_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
+    #: TLS for the MLLP listener: server certificate chain and key (PEM). Unset: plain TCP.
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    #: CA bundle (PEM) for client certificates: when set, peers must present one (mTLS).
+    mllp_tls_client_ca: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     broker_url: str | None = None
