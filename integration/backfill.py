@@ -226,15 +226,17 @@ def open_intake(settings: Settings, *, priority: int = BACKFILL_PRIORITY) -> Ite
     from integration.inbox import Inbox
     from integration.ingest import IngestService
 
-    inbox = Inbox.from_url(settings.effective_database_url)
-    celery = create_app(settings)
     audit = AuditLog.from_settings()
+    inbox = Inbox.from_url(settings.effective_database_url, cipher=audit.cipher)
+    celery = create_app(settings)
 
     def enqueue(item_id: str, item_priority: int) -> None:
         enqueue_analysis(celery, item_id, priority=max(item_priority, priority))
 
     try:
-        yield IngestService(inbox=inbox, enqueue=enqueue, audit=audit)
+        yield IngestService(
+            inbox=inbox, enqueue=enqueue, audit=audit, patient_key=audit.patient_key
+        )
     finally:
         inbox.dispose()
         audit.close()

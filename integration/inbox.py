@@ -8,13 +8,14 @@ PostgreSQL by URL; both through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Column,
@@ -165,19 +166,51 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-class Inbox:
-    """Durable, idempotent store of accepted ECG messages."""
+class PayloadCipher(Protocol):
+    """AES-GCM encryption of stored messages (`integration.audit.crypto.PhiCipher`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def encrypt(self, plaintext: bytes, *, aad: bytes) -> str: ...
+
+    def decrypt(self, token: str, *, aad: bytes) -> bytes: ...
+
+
+#: Stored payloads that start with this are encrypted (`<marker><token>`); others are
+#: plaintext rows from before encryption was configured, still readable.
+ENCRYPTED = b"enc1:"
+
+
+class Inbox:
+    """Durable, idempotent store of accepted ECG messages.
+
+    With a `cipher`, each message (it carries PID: identifiers, name, birth date) is stored
+    encrypted with AES-GCM, bound to its idempotency key; the duplicate check compares a
+    SHA-256 of the plaintext."""
+
+    def __init__(self, engine: Engine, *, cipher: PayloadCipher | None = None) -> None:
         self._engine = engine
+        self._cipher = cipher
+
+    def _seal(self, idem_key: str, payload: bytes) -> bytes:
+        if self._cipher is None:
+            return payload
+        return ENCRYPTED + self._cipher.encrypt(payload, aad=idem_key.encode()).encode()
+
+    def _open(self, item: InboxItem) -> InboxItem:
+        if not item.payload.startswith(ENCRYPTED):
+            return item
+        if self._cipher is None:
+            raise InboxError(f"inbox item {item.id} is encrypted and no PHI key is configured")
+        token = item.payload.removeprefix(ENCRYPTED).decode()
+        plain = self._cipher.decrypt(token, aad=item.idem_key.encode())
+        return dataclasses.replace(item, payload=plain)
 
     @classmethod
-    def from_url(cls, url: str) -> Inbox:
+    def from_url(cls, url: str, *, cipher: PayloadCipher | None = None) -> Inbox:
         if url.startswith("sqlite:///"):
             from pathlib import Path
 
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        inbox = cls(make_engine(url))
+        inbox = cls(make_engine(url), cipher=cipher)
         inbox.create_schema()
         return inbox
 
@@ -231,7 +264,7 @@ class Inbox:
             "idem_key": idem_key,
             "channel": channel,
             "content_type": content_type.value,
-            "payload": payload,
+            "payload": self._seal(idem_key, payload),
             "payload_sha256": sha,
             "record_id": record_id,
             "priority": priority,
@@ -335,7 +368,7 @@ class Inbox:
             )
         stmt = stmt.order_by(inbox_table.c.priority, inbox_table.c.received_at).limit(limit)
         with self._engine.connect() as conn:
-            return [_item(r) for r in conn.execute(stmt)]
+            return [self._open(_item(r)) for r in conn.execute(stmt)]
 
     def latest_done_for(self, patient_keys: list[str]) -> InboxItem | None:
         """The most recently finished ECG of a patient, by the keyed hashes of any of the
@@ -364,7 +397,7 @@ class Inbox:
                 row = conn.execute(stmt).first()
         except SQLAlchemyError as exc:
             raise InboxError(f"inbox read failed: {exc.__class__.__name__}") from exc
-        return None if row is None else _item(row)
+        return None if row is None else self._open(_item(row))
 
     def _update(self, item_id: str, **values: Any) -> None:
         try:

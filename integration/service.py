@@ -84,13 +84,13 @@ def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
 
 async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    inbox = Inbox.from_url(settings.effective_database_url)
+    audit = AuditLog.from_settings()
+    inbox = Inbox.from_url(settings.effective_database_url, cipher=audit.cipher)
     celery = create_celery_app(settings)
 
     def enqueue(item_id: str, priority: int) -> None:
         enqueue_analysis(celery, item_id, priority=priority)
 
-    audit = AuditLog.from_settings()
     metrics = Metrics()
     if settings.broker_url:
         import redis

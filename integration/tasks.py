@@ -84,9 +84,9 @@ class _WorkerState:
 
     def __init__(self, settings: Settings) -> None:
         self.analyzer = Analyzer.load(device=settings.device)
-        self.inbox = Inbox.from_url(settings.effective_database_url)
-        self.writer = make_writer(settings)
         self.audit = AuditLog.from_settings()
+        self.inbox = Inbox.from_url(settings.effective_database_url, cipher=self.audit.cipher)
+        self.writer = make_writer(settings)
         self.alerts = make_alert_sender(settings, self.audit)
 
 

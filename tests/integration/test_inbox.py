@@ -57,3 +57,26 @@ def test_a_database_that_is_down_raises_inbox_error() -> None:
     inbox = Inbox(make_engine("postgresql://nobody@127.0.0.1:1/none"))
     with pytest.raises(InboxError):
         _accept(inbox, "hl7:F|down")
+
+
+def test_payloads_are_encrypted_at_rest_and_read_back(database_url: str, unique: str) -> None:
+    from sqlalchemy import select
+
+    from integration.audit.crypto import PhiCipher, PhiKeyRing
+    from integration.inbox import inbox_table
+
+    cipher = PhiCipher(PhiKeyRing.generate())
+    inbox = Inbox.from_url(database_url, cipher=cipher)
+    payload = b"MSH|...\rPID|1||MRN12345^^^HOSP||DOE^JANE||19700101|F"
+    item = _accept(inbox, f"hl7:F|{unique}", payload).item
+    assert item.payload == payload
+    with inbox._engine.connect() as conn:
+        stored = conn.execute(
+            select(inbox_table.c.payload).where(inbox_table.c.id == item.id)
+        ).scalar_one()
+    assert b"DOE" not in stored and b"MRN12345" not in stored
+    # A replay with the same content is still recognised (hash of the plaintext).
+    assert not _accept(inbox, f"hl7:F|{unique}", payload).created
+    # Without the key the row cannot be read, and says so.
+    with pytest.raises(InboxError):
+        Inbox.from_url(database_url).get(item.id)
