@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     out_dir: Path = Path("./var/out")
     device: str | None = None
     worker_concurrency: int = Field(default=1, ge=1)
+    #: Threads torch uses in each worker process. Scale out with processes (concurrency),
+    #: not threads: one thread per process avoids oversubscribing the cores.
+    torch_threads: int = Field(default=1, ge=1)
     task_max_retries: int = Field(default=8, ge=0)
     #: How often `serve` looks for accepted-but-unfinished ECGs to queue again.
     reconcile_interval_s: float = Field(default=30.0, gt=0)

@@ -106,6 +106,9 @@ def register(app: Celery, settings: Settings) -> None:
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _preload(**_: Any) -> None:
         # Load the model when a worker process starts, not when its first ECG arrives.
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
         state()
 
     @app.task(  # type: ignore[untyped-decorator]
