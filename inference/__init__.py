@@ -8,7 +8,11 @@ from inference.errors import EcgBridgeError, EcgValidationError
 from inference.record import LEADS_12, Demographics, EcgRecord, PatientRef, Sex
 from inference.result import (
     AnalysisResult,
+    IschemiaResult,
     QualityReport,
+    RhythmFinding,
+    StenosisAssessment,
+    StenosisFinding,
     TerritoryFinding,
     TriageResult,
 )
@@ -20,9 +24,13 @@ __all__ = [
     "EcgBridgeError",
     "EcgRecord",
     "EcgValidationError",
+    "IschemiaResult",
     "PatientRef",
     "QualityReport",
+    "RhythmFinding",
     "Sex",
+    "StenosisAssessment",
+    "StenosisFinding",
     "TerritoryFinding",
     "TriageResult",
 ]

@@ -1,10 +1,17 @@
 """The analyzer: quality gate -> lead mapping -> preprocessing -> model -> `AnalysisResult`.
 
+One batched model call per `analyze_batch` (CPU or CUDA; the device comes from the caller or
+the settings, ``cuda`` when available). The ensemble's member logits become calibrated
+probabilities and an uncertainty per output (`inference.scoring`); every head present in the
+weights is reported: MI/injury triage, territories, ischaemia, rhythm. Stenosis is reported
+only from site fine-tuned weights whose validation passed (`inference.site_finetune`);
+otherwise it is "not assessed".
+
 Deterministic: the same record gives the same probabilities. A batch of n and n batches of
-one agree to float rounding only (observed differences < 1e-6; tests allow 1e-5).
-`analyze` raises `EcgValidationError` (field ``lead_names``) when the record lacks a lead the
-model needs and cannot derive (see `inference.preprocess.to_model_leads`); a record the
-quality gate refuses comes back with ``triage=None``, no territories and ``quality.ok=False``.
+one agree to float rounding only (tests allow 1e-5). `analyze` raises `EcgValidationError`
+(field ``lead_names``) when the record lacks a lead the model needs and cannot derive (see
+`inference.preprocess.to_model_leads`); a record the quality gate refuses comes back with
+``triage=None``, no territories and ``quality.ok=False``.
 """
 
 from __future__ import annotations
@@ -17,15 +24,28 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from inference.labels import TASK_VESSEL
-from inference.model import ResNet1d, predict_proba
+from inference.ensemble import STENOSIS_VESSELS, EcgEnsemble, predict_logits, sigmoid
+from inference.labels import ISCHEMIA_TASK, RHYTHMS, TASK_VESSEL
 from inference.preprocess import preprocess, to_model_leads
 from inference.quality import QualityConf, assess_quality
 from inference.record import LEADS_12, EcgRecord
 from inference.registry import DEFAULT_WEIGHTS, Weights
-from inference.result import AnalysisResult, QualityReport, TerritoryFinding, TriageResult
+from inference.result import (
+    STENOSIS_NOT_ASSESSED,
+    AnalysisResult,
+    IschemiaResult,
+    QualityReport,
+    RhythmFinding,
+    StenosisAssessment,
+    StenosisFinding,
+    TerritoryFinding,
+    TriageResult,
+)
+from inference.scoring import Scores, score
 
 logger = logging.getLogger(__name__)
+
+_UNVALIDATED_STENOSIS = "not assessed: the loaded site stenosis head did not pass its validation"
 
 
 def default_device() -> str:
@@ -33,11 +53,12 @@ def default_device() -> str:
 
 
 class Analyzer:
-    """A loaded model with its preprocessing and operating points. Build with `load`."""
+    """A loaded model with its preprocessing, calibration and operating points. Build with
+    `load`."""
 
     def __init__(
         self,
-        model: ResNet1d,
+        model: EcgEnsemble,
         weights: Weights,
         *,
         device: str,
@@ -50,11 +71,22 @@ class Analyzer:
         self._task_index = {task: i for i, task in enumerate(weights.meta.tasks)}
 
     @classmethod
-    def load(cls, weights: Weights | None = None, *, device: str | None = None) -> Analyzer:
+    def load(
+        cls,
+        weights: Weights | None = None,
+        *,
+        device: str | None = None,
+        num_threads: int | None = None,
+    ) -> Analyzer:
         """Verify and load `weights` (the shipped model by default) on `device`
-        (``"cuda"`` when available, else ``"cpu"``). Raises `ModelError`."""
+        (``"cuda"`` when available, else ``"cpu"``). Raises `ModelError`.
+
+        `num_threads`, when given, sets torch's intra-op threads for the whole process. On a
+        busy 2-core CPU one thread is several times faster than two (MODEL_CARD.md, speed)."""
         weights = weights or DEFAULT_WEIGHTS
         device = device or default_device()
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         model = weights.load_model(device)
         return cls(model, weights, device=device)
 
@@ -73,6 +105,17 @@ class Analyzer:
     def analyze(self, record: EcgRecord, *, now: datetime | None = None) -> AnalysisResult:
         """Analyse one record (see the module docstring for refusals and errors)."""
         return self.analyze_batch([record], now=now)[0]
+
+    def predict_preprocessed(
+        self, inputs: npt.NDArray[np.float32]
+    ) -> tuple[Scores, npt.NDArray[np.float64] | None]:
+        """All heads for preprocessed inputs (n, 12, n_samples): calibrated scores and the
+        stenosis probabilities (n, 3) or None. The step `make bench` times."""
+        member_logits, sten_logits = predict_logits(self._model, inputs, device=self._device)
+        meta = self._weights.meta
+        scores = score(member_logits, meta.tasks, meta.calibration)
+        sten = None if sten_logits is None else sigmoid(sten_logits.mean(axis=1))
+        return scores, sten
 
     def analyze_batch(
         self, records: Sequence[EcgRecord], *, now: datetime | None = None
@@ -96,28 +139,55 @@ class Analyzer:
                     record.record_id,
                     "; ".join(quality.problems),
                 )
-        probs = (
-            predict_proba(self._model, np.stack(inputs), device=self._device)
-            if inputs
-            else np.zeros((0, len(self._task_index)))
-        )
+        scores: Scores | None = None
+        sten: npt.NDArray[np.float64] | None = None
+        if inputs:
+            scores, sten = self.predict_preprocessed(np.stack(inputs))
         row_of = {rec: row for row, rec in enumerate(accepted)}
         return [
             self._result(
-                record, qualities[i], probs[row_of[i]] if i in row_of else None, analysed_at
+                record,
+                qualities[i],
+                scores,
+                sten,
+                row_of.get(i),
+                analysed_at,
             )
             for i, record in enumerate(records)
         ]
+
+    def _stenosis(self, sten: npt.NDArray[np.float64] | None, row: int) -> StenosisAssessment:
+        meta = self._weights.meta
+        if meta.stenosis is None or sten is None:
+            return STENOSIS_NOT_ASSESSED
+        if not meta.stenosis_validated:
+            return StenosisAssessment(assessed=False, reason=_UNVALIDATED_STENOSIS)
+        thresholds = meta.stenosis.get("thresholds", {})
+        return StenosisAssessment(
+            assessed=True,
+            reason=f"site fine-tuned and validated ({meta.stenosis.get('site', 'site')})",
+            findings=tuple(
+                StenosisFinding(
+                    vessel=v,
+                    probability=float(sten[row, j]),
+                    threshold=float(thresholds.get(v, 0.5)),
+                )
+                for j, v in enumerate(STENOSIS_VESSELS)
+            ),
+        )
 
     def _result(
         self,
         record: EcgRecord,
         quality: QualityReport,
-        prob: npt.NDArray[np.float64] | None,
+        scores: Scores | None,
+        sten: npt.NDArray[np.float64] | None,
+        row: int | None,
         analysed_at: datetime,
     ) -> AnalysisResult:
         meta = self._weights.meta
-        if prob is None:
+        method = str(meta.uncertainty.get("method", "none"))
+        if scores is None or row is None:
             return AnalysisResult(
                 record_id=record.record_id,
                 model_version=meta.model_version,
@@ -125,24 +195,41 @@ class Analyzer:
                 triage=None,
                 territories=(),
                 analysed_at=analysed_at,
+                uncertainty_method=method,
             )
-        mi = self._task_index["mi"]
+
+        def head(task: str) -> tuple[float, float, float | None, tuple[float, float] | None]:
+            j = self._task_index[task]
+            sd = None if scores.sd is None else float(scores.sd[row, j])
+            interval = (
+                None
+                if scores.low is None or scores.high is None
+                else (float(scores.low[row, j]), float(scores.high[row, j]))
+            )
+            return float(scores.probs[row, j]), float(meta.thresholds[task]), sd, interval
+
         territories = tuple(
-            TerritoryFinding(
-                territory=task,
-                vessel=vessel,
-                probability=float(prob[self._task_index[task]]),
-                threshold=float(meta.thresholds[task]),
-            )
+            TerritoryFinding(task, vessel, *head(task))
             for task, vessel in TASK_VESSEL.items()
+            if task in self._task_index
+        )
+        ischemia = (
+            IschemiaResult(*head(ISCHEMIA_TASK)) if ISCHEMIA_TASK in self._task_index else None
+        )
+        rhythms = tuple(
+            RhythmFinding(code, display, *head(task))
+            for task, (code, display) in RHYTHMS.items()
+            if task in self._task_index
         )
         return AnalysisResult(
             record_id=record.record_id,
             model_version=meta.model_version,
             quality=quality,
-            triage=TriageResult(
-                probability=float(prob[mi]), threshold=float(meta.thresholds["mi"])
-            ),
+            triage=TriageResult(*head("mi")),
             territories=territories,
             analysed_at=analysed_at,
+            ischemia=ischemia,
+            rhythms=rhythms,
+            stenosis=None if meta.format == "resnet1d-v0" else self._stenosis(sten, row),
+            uncertainty_method=method,
         )

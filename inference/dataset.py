@@ -56,8 +56,13 @@ class PtbxlData:
         return int(self.ecg_id.shape[0])
 
 
-def load_ptbxl(data_dir: Path, folds: Sequence[int] | None = None) -> PtbxlData:
-    """Load the records of `data_dir`, keeping only `folds` (all records when None)."""
+def load_ptbxl(
+    data_dir: Path,
+    folds: Sequence[int] | None = None,
+    tasks: Sequence[str] = TASKS,
+) -> PtbxlData:
+    """Load the records of `data_dir`, keeping only `folds` (all records when None), with
+    one label column per task of `tasks` (see `inference.labels.TASK_CODES`)."""
     sig_path = Path(data_dir) / SIGNALS_FILE
     csv_path = Path(data_dir) / RECORDS_FILE
     if not sig_path.is_file() or not csv_path.is_file():
@@ -85,8 +90,8 @@ def load_ptbxl(data_dir: Path, folds: Sequence[int] | None = None) -> PtbxlData:
     data = PtbxlData(
         signals_mv=signals,
         fs_hz=fs_hz,
-        labels=labels_from_scp(rows["scp_codes"].astype(str)),
-        tasks=TASKS,
+        labels=labels_from_scp(rows["scp_codes"].astype(str), tasks),
+        tasks=tuple(tasks),
         age_years=rows["age"].to_numpy(dtype=np.float64),
         sex=sex,
         site=rows["site"].to_numpy(dtype=np.float64),
@@ -99,6 +104,6 @@ def load_ptbxl(data_dir: Path, folds: Sequence[int] | None = None) -> PtbxlData:
         len(data),
         data_dir,
         "all" if folds is None else list(folds),
-        dict(zip(TASKS, data.labels.sum(axis=0).astype(int).tolist(), strict=True)),
+        dict(zip(data.tasks, data.labels.sum(axis=0).astype(int).tolist(), strict=True)),
     )
     return data

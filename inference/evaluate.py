@@ -1,17 +1,31 @@
 """Judge a model on a PTB-XL-layout data directory; the JSON contract others rely on.
 
-`evaluate` returns (keys are stable; values None where a metric is undefined)::
+`evaluate` returns (foundation keys are stable; new keys are added, never renamed; values are
+None where a metric is undefined)::
 
     {"model_version": str, "n": int, "data_dir": str, "folds": list[int] | None,
      "tasks": {task: {"auroc", "ci95": [lo, hi], "n_pos", "n", "sensitivity",
                       "specificity", "threshold", "by_sex": {"male", "female"},
-                      "by_age_band": {"<40", "40-65", ">65"}}}}
+                      "by_age_band": {"<40", "40-65", ">65"},
+                      # added by issue 5:
+                      "sensitivity_ci95", "specificity_ci95", "ppv", "npv",
+                      "ece", "brier", "operating_point",
+                      "subgroups": {"male"|"female"|"<40"|"40-65"|">65":
+                                    {"n", "n_pos", "auroc", "sensitivity", "specificity"}},
+                      "uncertainty": {"mean_sd", "mean_sd_correct", "mean_sd_wrong",
+                                      "auroc_most_certain_80pct"} | None}},
+     # added by issue 5:
+     "calibration": {task: method}, "quality_refused": int, "members": int,
+     "stenosis": {"assessed": bool, "reason": str}}
 
-Every record is scored by the model, including those the quality gate would refuse in
-production (they are counted and logged, not dropped), so ``n`` is every record of the asked
-folds. CIs are percentile bootstrap over records (``n_bootstrap`` resamples, fixed ``seed``).
-Age bands: <40, 40-65 inclusive, >65; PTB-XL's age 300 (over 89) counts as >65.
-Sensitivity and specificity are at the weights' shipped thresholds.
+Tasks are the model's heads (`WeightsMeta.tasks`): ``mi``, the territories, ``ischemia`` and
+the rhythms for the shipped model. Probabilities are calibrated with the weights' own maps.
+Every record is scored, including those the quality gate would refuse in production (they are
+counted, not dropped), so ``n`` is every record of the asked folds. AUROC CIs are percentile
+bootstrap over records (``n_bootstrap`` resamples, fixed ``seed``); sensitivity and
+specificity CIs are Wilson intervals. ECE: 10 equal-width bins. Age bands: <40, 40-65
+inclusive, >65; PTB-XL's age 300 (over 89) counts as >65. Sensitivity and specificity are at
+the weights' shipped thresholds.
 
 Command line: ``python -m inference.evaluate --data-dir DIR [--folds 9] [--weights FILE]``.
 """
@@ -21,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,17 +45,23 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from inference.calibration import brier, expected_calibration_error
 from inference.dataset import load_ptbxl
+from inference.ensemble import predict_logits
 from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity
-from inference.model import predict_proba
 from inference.preprocess import preprocess_batch
 from inference.quality import assess_quality
 from inference.record import LEADS_12
 from inference.registry import DEFAULT_WEIGHTS, Weights, weights_from_file
+from inference.scoring import score
 
 logger = logging.getLogger(__name__)
 
 AGE_BANDS: tuple[str, ...] = ("<40", "40-65", ">65")
+STENOSIS_NOT_ASSESSED = (
+    "not assessed: no angiography-labelled training data; needs site fine-tuning and "
+    "validation (inference.site_finetune)"
+)
 
 
 def age_bands(age_years: npt.NDArray[np.float64]) -> npt.NDArray[np.str_]:
@@ -53,6 +74,50 @@ def age_bands(age_years: npt.NDArray[np.float64]) -> npt.NDArray[np.str_]:
     return out
 
 
+def wilson_ci(k: int, n: int, *, z: float = 1.959964) -> list[float] | None:
+    """Wilson score interval of a proportion k / n (None when n == 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _subgroup(
+    y: npt.NDArray[np.bool_], prob: npt.NDArray[np.float64], threshold: float
+) -> dict[str, Any]:
+    sens, spec = sensitivity_specificity(y, prob, threshold) if y.size else (None, None)
+    return {
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "auroc": auroc(y, prob),
+        "sensitivity": sens,
+        "specificity": spec,
+    }
+
+
+def uncertainty_summary(
+    y: npt.NDArray[np.bool_],
+    prob: npt.NDArray[np.float64],
+    sd: npt.NDArray[np.float64] | None,
+    threshold: float,
+) -> dict[str, float | None] | None:
+    """Is the spread informative? Mean spread of right and wrong calls at the operating
+    point, and the AUROC on the 80 % of records with the smallest spread."""
+    if sd is None or y.size == 0:
+        return None
+    wrong = (prob >= threshold) != y
+    keep = sd <= np.quantile(sd, 0.8)
+    return {
+        "mean_sd": float(sd.mean()),
+        "mean_sd_correct": float(sd[~wrong].mean()) if (~wrong).any() else None,
+        "mean_sd_wrong": float(sd[wrong].mean()) if wrong.any() else None,
+        "auroc_most_certain_80pct": auroc(y[keep], prob[keep]),
+    }
+
+
 def task_report(
     y_true: npt.NDArray[np.float32],
     prob: npt.NDArray[np.float64],
@@ -62,16 +127,23 @@ def task_report(
     age_years: npt.NDArray[np.float64],
     n_bootstrap: int = 1000,
     seed: int = 0,
+    sd: npt.NDArray[np.float64] | None = None,
+    operating_point: str | None = None,
 ) -> dict[str, Any]:
     """One task's entry of the evaluation contract."""
     y = np.asarray(y_true) > 0.5
+    prob = np.asarray(prob, dtype=np.float64)
     ci = bootstrap_auroc_ci(y, prob, n_bootstrap=n_bootstrap, seed=seed)
     sens, spec = sensitivity_specificity(y, prob, threshold)
+    pred = prob >= threshold
     bands = age_bands(age_years)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    groups = {"male": sex == 0, "female": sex == 1} | {b: bands == b for b in AGE_BANDS}
     return {
         "auroc": auroc(y, prob),
         "ci95": None if ci is None else [ci[0], ci[1]],
-        "n_pos": int(y.sum()),
+        "n_pos": n_pos,
         "n": int(y.size),
         "sensitivity": sens,
         "specificity": spec,
@@ -81,7 +153,49 @@ def task_report(
             "female": auroc(y[sex == 1], prob[sex == 1]),
         },
         "by_age_band": {band: auroc(y[bands == band], prob[bands == band]) for band in AGE_BANDS},
+        "sensitivity_ci95": wilson_ci(tp, n_pos),
+        "specificity_ci95": wilson_ci(tn, n_neg),
+        "ppv": float(tp / pred.sum()) if pred.any() else None,
+        "npv": float(tn / (~pred).sum()) if (~pred).any() else None,
+        "ece": expected_calibration_error(y, prob),
+        "brier": brier(y, prob),
+        "operating_point": operating_point,
+        "subgroups": {name: _subgroup(y[m], prob[m], threshold) for name, m in groups.items()},
+        "uncertainty": uncertainty_summary(y, prob, sd, threshold),
     }
+
+
+def selection_metrics(
+    *,
+    labels: npt.NDArray[np.float32],
+    probs: npt.NDArray[np.float64],
+    member_probs: npt.NDArray[np.float64],
+    tasks: Sequence[str],
+    thresholds: dict[str, float],
+    sex: npt.NDArray[np.int64],
+    age_years: npt.NDArray[np.float64],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """`task_report` per task plus each member's own AUROC (for the meta at training)."""
+    sd = member_probs.std(axis=1, ddof=1) if member_probs.shape[1] > 1 else None
+    out: dict[str, Any] = {}
+    for i, task in enumerate(tasks):
+        entry = task_report(
+            labels[:, i],
+            probs[:, i],
+            threshold=thresholds[task],
+            sex=sex,
+            age_years=age_years,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            sd=None if sd is None else sd[:, i],
+        )
+        entry["members_auroc"] = [
+            auroc(labels[:, i], member_probs[:, m, i]) for m in range(member_probs.shape[1])
+        ]
+        out[task] = entry
+    return out
 
 
 def evaluate(
@@ -98,24 +212,26 @@ def evaluate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = weights.meta
     model = weights.load_model(device)
-    data = load_ptbxl(Path(data_dir), folds)
+    data = load_ptbxl(Path(data_dir), folds, meta.tasks)
     refused = sum(
         not assess_quality(data.signals_mv[i], data.fs_hz, LEADS_12).ok for i in range(len(data))
     )
     logger.info("quality gate would refuse %d of %d records (all are scored)", refused, len(data))
     inputs = preprocess_batch(data.signals_mv, data.fs_hz, meta.preprocess)
-    probs = predict_proba(model, inputs, device=device)
+    member_logits, _ = predict_logits(model, inputs, device=device)
+    scores = score(member_logits, meta.tasks, meta.calibration)
     tasks: dict[str, Any] = {}
     for t, task in enumerate(meta.tasks):
-        labels = data.labels[:, data.tasks.index(task)]
         tasks[task] = task_report(
-            labels,
-            probs[:, t],
+            data.labels[:, t],
+            scores.probs[:, t],
             threshold=meta.thresholds[task],
             sex=data.sex,
             age_years=data.age_years,
             n_bootstrap=n_bootstrap,
             seed=seed,
+            sd=None if scores.sd is None else scores.sd[:, t],
+            operating_point=meta.operating_points.get(task),
         )
     return {
         "model_version": meta.model_version,
@@ -123,11 +239,19 @@ def evaluate(
         "data_dir": str(data_dir),
         "folds": None if folds is None else [int(f) for f in folds],
         "tasks": tasks,
+        "calibration": {t: meta.calibrator(t).method for t in meta.tasks},
+        "quality_refused": int(refused),
+        "members": meta.n_members,
+        "stenosis": (
+            {"assessed": True, "reason": "site fine-tuned and validated"}
+            if meta.stenosis_validated
+            else {"assessed": False, "reason": STENOSIS_NOT_ASSESSED}
+        ),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--folds", type=int, nargs="*", default=None)
     parser.add_argument("--weights", type=Path, default=None)

@@ -93,6 +93,7 @@ class ResNet1d(nn.Module):
                 blocks.append(BasicBlock1d(c_in, width, c.kernel, stride))
                 c_in = width
         self.trunk = nn.Sequential(*blocks)
+        self.feature_dim = 2 * c_in
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(2 * c_in, c.n_outputs)
 

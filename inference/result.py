@@ -1,4 +1,11 @@
-"""What an analysis says about one ECG. Decision support, not a diagnosis."""
+"""What an analysis says about one ECG. Decision support, not a diagnosis.
+
+Every probability is calibrated (see MODEL_CARD.md) and comes with its decision threshold
+(the operating point chosen on the selection fold) and, when the model is an ensemble, its
+uncertainty: `uncertainty` is the standard deviation of the members' probabilities and
+`interval` their range (lowest, highest). A call is `uncertain` when the members disagree about
+which side of the threshold it falls on.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,14 @@ from datetime import datetime
 #: Territory -> culprit-vessel proxy (../shared/data/README.md): anterior -> LAD,
 #: inferior -> RCA, lateral -> LCx.
 TERRITORY_VESSEL: dict[str, str] = {"anterior": "LAD", "inferior": "RCA", "lateral": "LCx"}
+
+STENOSIS_NOT_ASSESSED_REASON = (
+    "not assessed: no model trained and validated on angiography-labelled data is loaded"
+)
+
+
+def _straddles(interval: tuple[float, float] | None, threshold: float) -> bool:
+    return interval is not None and interval[0] < threshold <= interval[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +42,83 @@ class TriageResult:
 
     probability: float
     threshold: float
+    uncertainty: float | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def positive(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def uncertain(self) -> bool:
+        return _straddles(self.interval, self.threshold)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "probability": self.probability,
+            "positive": self.positive,
+            "threshold": self.threshold,
+            "uncertainty": self.uncertainty,
+            "uncertain": self.uncertain,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TerritoryFinding:
+    territory: str
+    vessel: str
+    probability: float
+    threshold: float
+    uncertainty: float | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def positive(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def uncertain(self) -> bool:
+        return _straddles(self.interval, self.threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class IschemiaResult:
+    """Probability that a cardiologist would describe ischaemic ST-T changes (ST depression,
+    ST elevation, non-specific ST or ischaemic T waves): the acute-ischaemia output."""
+
+    probability: float
+    threshold: float
+    uncertainty: float | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def positive(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def uncertain(self) -> bool:
+        return _straddles(self.interval, self.threshold)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "probability": self.probability,
+            "positive": self.positive,
+            "threshold": self.threshold,
+            "uncertainty": self.uncertainty,
+            "uncertain": self.uncertain,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RhythmFinding:
+    """One rhythm statement: `code` is the SCP-ECG code ("SR", "AFIB", ...)."""
+
+    code: str
+    display: str
+    probability: float
+    threshold: float
+    uncertainty: float | None = None
+    interval: tuple[float, float] | None = None
 
     @property
     def positive(self) -> bool:
@@ -34,8 +126,9 @@ class TriageResult:
 
 
 @dataclass(frozen=True, slots=True)
-class TerritoryFinding:
-    territory: str
+class StenosisFinding:
+    """P(stenosis > 70 %) of one vessel, from a site fine-tuned and validated head."""
+
     vessel: str
     probability: float
     threshold: float
@@ -46,11 +139,38 @@ class TerritoryFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class StenosisAssessment:
+    """Stenosis > 70 %: `assessed` only when validated site weights are loaded; otherwise
+    the report must say "not assessed" and give no number."""
+
+    assessed: bool = False
+    reason: str = STENOSIS_NOT_ASSESSED_REASON
+    findings: tuple[StenosisFinding, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"assessed": self.assessed, "reason": self.reason}
+        if self.assessed:
+            out["vessels"] = {
+                f.vessel: {
+                    "probability": f.probability,
+                    "threshold": f.threshold,
+                    "positive": f.positive,
+                }
+                for f in self.findings
+            }
+        return out
+
+
+STENOSIS_NOT_ASSESSED = StenosisAssessment()
+
+
+@dataclass(frozen=True, slots=True)
 class AnalysisResult:
     """The model's output for one record.
 
-    `triage` and `territories` are None when the quality gate refused the record; the
-    report then says "not analysed" and why (`quality.problems`).
+    `triage` and `territories` are None / empty when the quality gate refused the record; the
+    report then says "not analysed" and why (`quality.problems`). `ischemia` and `rhythms`
+    are absent for models without those heads (the foundation's weights).
     """
 
     record_id: str
@@ -59,10 +179,29 @@ class AnalysisResult:
     triage: TriageResult | None
     territories: tuple[TerritoryFinding, ...] = ()
     analysed_at: datetime | None = None
+    ischemia: IschemiaResult | None = None
+    rhythms: tuple[RhythmFinding, ...] = ()
+    #: None: the model has no notion of stenosis (foundation weights); reported as "not
+    #: assessed" all the same. The analyzer always sets it for ensemble weights.
+    stenosis: StenosisAssessment | None = None
+    #: How `uncertainty` was computed ("ensemble-sd" or "none").
+    uncertainty_method: str = "none"
 
     @property
     def analysed(self) -> bool:
         return self.triage is not None
+
+    @property
+    def rhythm(self) -> RhythmFinding | None:
+        """The most probable rhythm among those at or above their threshold, else None
+        ("undetermined": none of the rhythms the model knows is likely)."""
+        positive = [r for r in self.rhythms if r.positive]
+        return max(positive, key=lambda r: r.probability) if positive else None
+
+    @property
+    def uncertain(self) -> bool:
+        """The ensemble members disagree about the triage call."""
+        return self.triage is not None and self.triage.uncertain
 
     def territory_probabilities(self) -> dict[str, float]:
         """Culprit-vessel probabilities keyed LAD / RCA / LCx."""
@@ -70,17 +209,31 @@ class AnalysisResult:
 
     def to_json(self) -> dict[str, object]:
         """The `ecgbridge analyze --json` contract (without "source")."""
+        top = self.rhythm
         out: dict[str, object] = {
             "model_version": self.model_version,
-            "triage": None
-            if self.triage is None
-            else {
-                "probability": self.triage.probability,
-                "positive": self.triage.positive,
-                "threshold": self.triage.threshold,
-            },
+            "triage": None if self.triage is None else self.triage.to_json(),
             "territory": self.territory_probabilities() if self.territories else None,
             "territory_positive": [t.vessel for t in self.territories if t.positive],
+            "territory_uncertainty": {t.vessel: t.uncertainty for t in self.territories}
+            if self.territories
+            else None,
+            "ischemia": None if self.ischemia is None else self.ischemia.to_json(),
+            "rhythm": None
+            if not self.rhythms
+            else {
+                "label": None if top is None else top.code,
+                "display": "undetermined" if top is None else top.display,
+                "probabilities": {r.code: r.probability for r in self.rhythms},
+                "positive": [r.code for r in self.rhythms if r.positive],
+            },
+            "stenosis": (self.stenosis or STENOSIS_NOT_ASSESSED).to_json(),
+            "uncertainty": {
+                "method": self.uncertainty_method,
+                "triage_interval": None
+                if self.triage is None or self.triage.interval is None
+                else list(self.triage.interval),
+            },
             "quality": self.quality.to_json(),
         }
         return out

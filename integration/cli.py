@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from inference.record import EcgRecord
 from integration.errors import InputFileError
 from integration.settings import Settings, get_settings
 
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("inference/weights"))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=None)
+    t.add_argument(
+        "--site-labels",
+        type=Path,
+        default=None,
+        help="CSV of a hospital's angiography labels (ECG file, LAD/LCx/RCA stenosis %%): "
+        "fine-tune the stenosis head, reported only if its validation passes",
+    )
+    t.add_argument("--site", default=None, help="site name for the fine-tuned weights")
 
     e = sub.add_parser("evaluate", help="evaluate the shipped model on a PTB-XL-layout folder")
     e.add_argument("--data", type=Path, required=True)
@@ -92,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(settings)
         if args.command == "analyze":
             return _analyze(settings, args.files, as_json=args.json)
+        if args.command == "train" and args.site_labels is not None:
+            return _site_finetune(args.site_labels, args.out, args.site, args.seed)
         if args.command == "train":
             return _train(args.data, args.out, args.seed, args.epochs)
         if args.command == "evaluate":
@@ -208,6 +219,22 @@ def _train(data: Path, out: Path, seed: int, epochs: int | None) -> int:
     return 0
 
 
+def _site_finetune(labels: Path, out: Path, site: str | None, seed: int) -> int:
+    from inference.site_finetune import SiteLabelError, finetune_from_csv
+    from integration.files import read_ecg_file
+
+    def read_one(path: Path) -> EcgRecord:
+        path = path if path.is_absolute() else labels.parent / path
+        return read_ecg_file(path)[0].record
+
+    try:
+        report = finetune_from_csv(labels, read_ecg=read_one, out_dir=out, site=site, seed=seed)
+    except SiteLabelError as exc:
+        raise InputFileError(str(exc), path=str(labels)) from exc
+    print(report)
+    return 0
+
+
 def _evaluate(data: Path, folds: str | None, out: Path, n_bootstrap: int) -> int:
     from inference.evaluate import evaluate
 
@@ -220,6 +247,9 @@ def _evaluate(data: Path, folds: str | None, out: Path, n_bootstrap: int) -> int
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for task, t in report["tasks"].items():
+        if t.get("auroc") is None or t.get("ci95") is None:
+            print(f"{task:9s} AUROC undefined (one class only)  n_pos {t['n_pos']}/{report['n']}")
+            continue
         print(
             f"{task:9s} AUROC {t['auroc']:.3f} [{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}]  "
             f"sens {t['sensitivity']:.2f} spec {t['specificity']:.2f}  "

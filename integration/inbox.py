@@ -345,9 +345,10 @@ class Inbox:
         retrying_older_than: datetime | None = None,
     ) -> list[InboxItem]:
         """Items not yet done or dead-lettered, most urgent and oldest first (for the
-        reconciler). With `older_than`, only accepted/processing items whose last change is
-        before it, and retrying ones before `retrying_older_than` (their retry is waiting
-        in the broker; only a lost one needs queuing again)."""
+        reconciler; payloads are left as stored, encrypted or not). With `older_than`,
+        only accepted/processing items whose last change is before it, and retrying ones
+        before `retrying_older_than` (their retry is waiting in the broker; only a lost
+        one needs queuing again)."""
         c = inbox_table.c
         if older_than is None:
             stmt = select(inbox_table).where(
@@ -368,7 +369,9 @@ class Inbox:
             )
         stmt = stmt.order_by(inbox_table.c.priority, inbox_table.c.received_at).limit(limit)
         with self._engine.connect() as conn:
-            return [self._open(_item(r)) for r in conn.execute(stmt)]
+            # Payloads stay sealed here: the reconciler needs ids and priorities only, and
+            # one unreadable row must not stop it. `get` opens an item's payload.
+            return [_item(r) for r in conn.execute(stmt)]
 
     def latest_done_for(self, patient_keys: list[str]) -> InboxItem | None:
         """The most recently finished ECG of a patient, by the keyed hashes of any of the

@@ -13,7 +13,18 @@ Choices (decision support, not a diagnosis):
 * One Observation for the triage probability (``<report_id>-triage``) and one per territory
   (``<report_id>-territory-<vessel>``), valueQuantity in UCUM ``%``, interpretation v3 ``H``
   (at or above the decision threshold) or ``N``, the threshold as referenceRange.high.
-  Referenced from `DiagnosticReport.result` as ``Observation/<id>``.
+  Referenced from `DiagnosticReport.result` as ``Observation/<id>``. Models with the issue-5
+  heads add, in this order after the territories:
+  ``<report_id>-ischemia`` (acute-ischaemia probability, same shape as triage);
+  ``<report_id>-rhythm`` (valueCodeableConcept: the most likely rhythm as SNOMED CT, or text
+  "undetermined"; one component per rhythm with its probability in %);
+  ``<report_id>-stenosis`` (stenosis > 70 %: while no validated site head is loaded,
+  *no value* but dataAbsentReason ``not-performed`` and a note saying why - never a number
+  without validation; when validated, one component per vessel in %).
+* Uncertainty travels with every probability of an ensemble model as components:
+  ``probability-sd`` (standard deviation of the members' probabilities, %) and
+  ``ensemble-range`` (valueRange: lowest and highest member probability, %); when the members
+  disagree about the call a note says so and the conclusion flags it.
 * Every AI-made resource carries the security label v3-ObservationValue ``AIAST``
   (HL7 AI Transparency on FHIR). Provenance targets the report and the observations, with
   agent type ``author``, who = the model (identifier ``urn:ecgbridge:model|<version>``).
@@ -31,7 +42,13 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.provenance import Provenance
 
 from inference.record import EcgRecord
-from inference.result import AnalysisResult, TerritoryFinding
+from inference.result import (
+    STENOSIS_NOT_ASSESSED,
+    AnalysisResult,
+    RhythmFinding,
+    StenosisAssessment,
+    TerritoryFinding,
+)
 from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
 
 REPORT_SYSTEM = "urn:ecgbridge:report"
@@ -45,6 +62,15 @@ AIAST = {
     "display": "Artificial Intelligence asserted",
 }
 _INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+#: SCP rhythm code -> SNOMED CT (the PhysioNet/CinC 2020-2021 ECG mapping).
+RHYTHM_SNOMED: dict[str, tuple[str, str]] = {
+    "SR": ("426783006", "Sinus rhythm"),
+    "AFIB": ("164889003", "Atrial fibrillation"),
+    "STACH": ("427084000", "Sinus tachycardia"),
+    "SBRAD": ("426177001", "Sinus bradycardia"),
+    "SARRH": ("427393009", "Sinus arrhythmia"),
+}
 _VESSEL_NAMES = {
     "LAD": "Left anterior descending coronary artery",
     "RCA": "Right coronary artery",
@@ -115,6 +141,106 @@ def _observation(
     }
 
 
+def _code(code: str, text: str) -> dict[str, Any]:
+    return {"coding": [{"system": OBSERVATION_SYSTEM, "code": code, "display": text}], "text": text}
+
+
+def _uncertainty(
+    sd: float | None, interval: tuple[float, float] | None, threshold: float
+) -> dict[str, Any]:
+    """Components (and a note) carrying an ensemble's spread; empty without one."""
+    components: list[dict[str, Any]] = []
+    if sd is not None:
+        components.append(
+            {
+                "code": _code("probability-sd", "Ensemble standard deviation of the probability"),
+                "valueQuantity": _percent(sd),
+            }
+        )
+    if interval is not None:
+        components.append(
+            {
+                "code": _code("ensemble-range", "Lowest and highest ensemble member probability"),
+                "valueRange": {"low": _percent(interval[0]), "high": _percent(interval[1])},
+            }
+        )
+    out: dict[str, Any] = {"component": components} if components else {}
+    if interval is not None and interval[0] < threshold <= interval[1]:
+        out["note"] = [
+            {"text": f"AI decision support. {DISCLAIMER}"},
+            {"text": "Uncertain: the ensemble members disagree about this call."},
+        ]
+    return out
+
+
+def _rhythm_observation(
+    obs_id: str,
+    rhythms: tuple[RhythmFinding, ...],
+    top: RhythmFinding | None,
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    if top is not None and top.code in RHYTHM_SNOMED:
+        code, display = RHYTHM_SNOMED[top.code]
+        value: dict[str, Any] = {
+            "coding": [{"system": SNOMED, "code": code, "display": display}],
+            "text": top.display,
+        }
+    else:
+        value = {"text": "undetermined (none of the rhythms the model knows is likely)"}
+    return {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "meta": {"security": [AIAST]},
+        "status": "final",
+        "code": _code("rhythm", "ECG rhythm (AI)"),
+        **common,
+        "valueCodeableConcept": value,
+        "component": [
+            {
+                "code": _code(f"rhythm-{r.code.lower()}", f"Probability: {r.display}"),
+                "valueQuantity": _percent(r.probability),
+                "interpretation": _interpretation(r.positive),
+                "referenceRange": [{"high": _percent(r.threshold), "text": "decision threshold"}],
+            }
+            for r in rhythms
+        ],
+        "note": [{"text": f"AI decision support. {DISCLAIMER}"}],
+    }
+
+
+def _stenosis_observation(
+    obs_id: str, stenosis: StenosisAssessment, common: dict[str, Any]
+) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "meta": {"security": [AIAST]},
+        "status": "final",
+        "code": _code("stenosis-over-70", "Coronary stenosis > 70% probability (AI)"),
+        **common,
+    }
+    if not stenosis.assessed:
+        obs["dataAbsentReason"] = {
+            "coding": [
+                {"system": _DATA_ABSENT, "code": "not-performed", "display": "Not Performed"}
+            ],
+            "text": "not assessed",
+        }
+        obs["note"] = [{"text": f"Stenosis >70%: {stenosis.reason}. {DISCLAIMER}"}]
+        return obs
+    obs["component"] = [
+        {
+            "code": _code(f"stenosis-{f.vessel.lower()}", f"Stenosis > 70%: {f.vessel}"),
+            "valueQuantity": _percent(f.probability),
+            "interpretation": _interpretation(f.positive),
+            "referenceRange": [{"high": _percent(f.threshold), "text": "decision threshold"}],
+        }
+        for f in stenosis.findings
+    ]
+    obs["note"] = [{"text": f"AI decision support, {stenosis.reason}. {DISCLAIMER}"}]
+    return obs
+
+
 def _territory_text(t: TerritoryFinding) -> str:
     return f"{t.territory} ({t.vessel}) {t.probability:.0%}"
 
@@ -135,7 +261,29 @@ def conclusion_text(result: AnalysisResult) -> str:
         parts.append(
             "Suspected culprit territory: " + ", ".join(_territory_text(t) for t in positive) + "."
         )
-    parts.append("Stenosis >70%: not assessed.")
+    if result.uncertain:
+        parts.append("Uncertain: the model's ensemble members disagree about this call.")
+    if result.ischemia is not None:
+        isc = result.ischemia
+        parts.append(
+            f"Ischaemic ST-T change {'LIKELY' if isc.positive else 'not detected'} "
+            f"(probability {isc.probability:.0%})."
+        )
+    if result.rhythms:
+        top = result.rhythm
+        parts.append(
+            f"Rhythm: {top.display} ({top.probability:.0%})." if top else "Rhythm: undetermined."
+        )
+    stenosis = result.stenosis or STENOSIS_NOT_ASSESSED
+    if stenosis.assessed:
+        flagged = [f.vessel for f in stenosis.findings if f.positive]
+        parts.append(
+            "Stenosis >70% (site-validated model): "
+            + (", ".join(flagged) if flagged else "none flagged")
+            + "."
+        )
+    else:
+        parts.append("Stenosis >70%: not assessed.")
     if not triage.positive:
         parts.append("A negative result does not rule out MI.")
     parts.append(DISCLAIMER)
@@ -167,7 +315,10 @@ def build_report(
                 probability=result.triage.probability,
                 threshold=result.triage.threshold,
                 common=common,
-                extra={"device": {"display": model_name}},
+                extra={"device": {"display": model_name}}
+                | _uncertainty(
+                    result.triage.uncertainty, result.triage.interval, result.triage.threshold
+                ),
             )
         )
         for t in result.territories:
@@ -182,7 +333,39 @@ def build_report(
                     extra={
                         "bodySite": {"text": _VESSEL_NAMES.get(t.vessel, t.vessel)},
                         "device": {"display": model_name},
-                    },
+                    }
+                    | _uncertainty(t.uncertainty, t.interval, t.threshold),
+                )
+            )
+        if result.ischemia is not None:
+            isc = result.ischemia
+            observations.append(
+                _observation(
+                    f"{report_id}-ischemia",
+                    code="ischemia-probability",
+                    text="Ischaemic ST-T change probability",
+                    probability=isc.probability,
+                    threshold=isc.threshold,
+                    common=common,
+                    extra={"device": {"display": model_name}}
+                    | _uncertainty(isc.uncertainty, isc.interval, isc.threshold),
+                )
+            )
+        if result.rhythms:
+            observations.append(
+                _rhythm_observation(
+                    f"{report_id}-rhythm",
+                    result.rhythms,
+                    result.rhythm,
+                    common | {"device": {"display": model_name}},
+                )
+            )
+        if result.stenosis is not None:
+            observations.append(
+                _stenosis_observation(
+                    f"{report_id}-stenosis",
+                    result.stenosis,
+                    common | {"device": {"display": model_name}},
                 )
             )
     obs_refs = [{"reference": f"Observation/{o['id']}"} for o in observations]

@@ -1,4 +1,4 @@
-"""Analyzer behaviour and golden outputs on the eight fixture records.
+"""Analyzer behaviour and golden outputs on the ten fixture records.
 
 Golden values live in golden/analyzer_ptbxl_sample.json. After an intended model change,
 rewrite them with ``ECGBRIDGE_ACCEPT_GOLDEN=1 pytest tests/inference/test_analyzer.py``
@@ -25,12 +25,19 @@ BATCH_ATOL = 1e-5
 
 
 def _probs(analyzer: Analyzer, records: list[EcgRecord]) -> dict[str, dict[str, float]]:
+    """Every probability (and uncertainty) the analyzer reports, per record."""
     out: dict[str, dict[str, float]] = {}
     for result in analyzer.analyze_batch(records):
         assert result.triage is not None
-        out[result.record_id] = {"mi": result.triage.probability} | {
+        probs = {"mi": result.triage.probability} | {
             t.territory: t.probability for t in result.territories
         }
+        if result.triage.uncertainty is not None:
+            probs["mi_sd"] = result.triage.uncertainty
+        if result.ischemia is not None:
+            probs["ischemia"] = result.ischemia.probability
+        probs |= {f"rhythm_{r.code}": r.probability for r in result.rhythms}
+        out[result.record_id] = probs
     return out
 
 
@@ -64,7 +71,32 @@ def test_result_shape(analyzer: Analyzer, sample_records: list[EcgRecord]) -> No
     ]
     assert all(type(t.probability) is float for t in result.territories)
     assert set(result.territory_probabilities()) == {"LAD", "RCA", "LCx"}
-    json.dumps(result.to_json())
+    meta = analyzer.weights.meta
+    if "ischemia" in meta.tasks:
+        assert result.ischemia is not None and 0.0 <= result.ischemia.probability <= 1.0
+        assert [r.code for r in result.rhythms] == ["SR", "AFIB", "STACH", "SARRH", "SBRAD"]
+        assert result.stenosis is not None and not result.stenosis.assessed
+    if meta.n_members > 1:
+        tri = result.triage
+        assert tri.uncertainty is not None and tri.interval is not None
+        assert tri.interval[0] <= tri.probability <= tri.interval[1]
+        assert result.uncertainty_method == "ensemble-sd"
+    out = result.to_json()
+    json.dumps(out)
+    assert {"model_version", "triage", "territory", "quality"} <= set(out)
+    triage = out["triage"]
+    assert isinstance(triage, dict)
+    assert {"probability", "positive", "threshold"} <= set(triage)
+
+
+def test_rhythm_of_the_fixture_records(analyzer: Analyzer, sample_records: list[EcgRecord]) -> None:
+    if "rhythm_sr" not in analyzer.weights.meta.tasks:
+        pytest.skip("model without rhythm heads")
+    results = analyzer.analyze_batch(sample_records)
+    rhythm = {r.record_id: (r.rhythm.code if r.rhythm else None) for r in results}
+    # the cardiologists said SR for these and the model agrees; AFIB for ptbxl-9879
+    assert rhythm["ptbxl-193"] == "SR" and rhythm["ptbxl-216"] == "SR"
+    assert rhythm["ptbxl-9879"] == "AFIB"
 
 
 def test_deterministic_and_batch_consistent(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inference.errors import ModelError
-from inference.labels import TASKS
+from inference.labels import HEAD_TASKS
 from inference.registry import DEFAULT_WEIGHTS, Weights, sha256_file, weights_from_file
 
 
@@ -24,9 +24,12 @@ def test_default_weights_are_pinned_and_small() -> None:
     assert DEFAULT_WEIGHTS.path.name.endswith(f"-{digest[:8]}.pt")
     assert DEFAULT_WEIGHTS.path.stat().st_size < 20 * 1024 * 1024
     meta = DEFAULT_WEIGHTS.meta
-    assert meta.tasks == TASKS
+    assert meta.tasks == HEAD_TASKS
     assert meta.model_version.endswith(f"+{digest[:8]}")
-    assert set(meta.thresholds) == set(TASKS)
+    assert set(meta.thresholds) == set(HEAD_TASKS)
+    assert meta.format == "ensemble-v1" and meta.n_members >= 1
+    assert set(meta.calibration) == set(HEAD_TASKS)
+    assert meta.stenosis is None  # the shipped model has no stenosis head
     assert all(0.0 < t < 1.0 for t in meta.thresholds.values())
     assert DEFAULT_WEIGHTS.transforms.fs_hz == 100.0
     assert DEFAULT_WEIGHTS.url.startswith("file://")

@@ -1,0 +1,181 @@
+"""DiagnosticReport with the issue-5 outputs: ischaemia, rhythm, stenosis "not assessed",
+uncertainty components. Every resource is validated as R4 (fhir.resources.R4B)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.provenance import Provenance
+
+from inference.record import EcgRecord
+from inference.result import (
+    STENOSIS_NOT_ASSESSED,
+    AnalysisResult,
+    IschemiaResult,
+    QualityReport,
+    RhythmFinding,
+    StenosisAssessment,
+    StenosisFinding,
+    TerritoryFinding,
+    TriageResult,
+)
+from mappers.fhir_json import resource_json
+from mappers.fhir_report import RHYTHM_SNOMED, ReportResources, build_report, report_bundle
+from tests.mappers.conftest import NOW
+
+
+def result(
+    *,
+    triage: TriageResult | None = None,
+    stenosis: StenosisAssessment | None = STENOSIS_NOT_ASSESSED,
+    rhythms: tuple[RhythmFinding, ...] | None = None,
+) -> AnalysisResult:
+    return AnalysisResult(
+        record_id="ptbxl-9879",
+        model_version="ecgbridge-resnet1d-0.2.0+abcdef12",
+        quality=QualityReport(ok=True),
+        triage=triage or TriageResult(0.8312345678, 0.2, uncertainty=0.0412, interval=(0.7, 0.9)),
+        territories=(
+            TerritoryFinding("anterior", "LAD", 0.71, 0.5, 0.05, (0.6, 0.8)),
+            TerritoryFinding("inferior", "RCA", 0.2, 0.5, 0.3, (0.1, 0.55)),
+            TerritoryFinding("lateral", "LCx", 0.1, 0.5, 0.01, (0.09, 0.11)),
+        ),
+        analysed_at=NOW,
+        ischemia=IschemiaResult(0.35, 0.3, 0.02, (0.33, 0.37)),
+        rhythms=rhythms
+        if rhythms is not None
+        else (
+            RhythmFinding("SR", "sinus rhythm", 0.1, 0.5),
+            RhythmFinding("AFIB", "atrial fibrillation", 0.92, 0.3),
+        ),
+        stenosis=stenosis,
+        uncertainty_method="ensemble-sd",
+    )
+
+
+def validated(res: ReportResources) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    report = resource_json(res.diagnostic_report)
+    DiagnosticReport.model_validate(report)
+    Provenance.model_validate(resource_json(res.provenance))
+    obs = {}
+    for o in res.observations:
+        data = resource_json(o)
+        Observation.model_validate(data)
+        obs[data["id"]] = data
+    return report, obs
+
+
+def _component(obs: dict[str, Any], code: str) -> dict[str, Any]:
+    return next(c for c in obs["component"] if c["code"]["coding"][0]["code"] == code)
+
+
+def test_ids_order_and_values(record: EcgRecord) -> None:
+    report, obs = validated(build_report(result(), record, report_id="rep", issued=NOW))
+    assert [r["reference"] for r in report["result"]] == [
+        "Observation/rep-triage",
+        "Observation/rep-territory-lad",
+        "Observation/rep-territory-rca",
+        "Observation/rep-territory-lcx",
+        "Observation/rep-ischemia",
+        "Observation/rep-rhythm",
+        "Observation/rep-stenosis",
+    ]
+    triage = obs["rep-triage"]
+    assert triage["valueQuantity"]["value"] == 83.1235  # % with 4 decimals
+    assert _component(triage, "probability-sd")["valueQuantity"]["value"] == 4.12
+    rng = _component(triage, "ensemble-range")["valueRange"]
+    assert rng["low"]["value"] == 70.0 and rng["high"]["value"] == 90.0
+    isc = obs["rep-ischemia"]
+    assert isc["valueQuantity"]["value"] == 35.0
+    assert isc["interpretation"][0]["coding"][0]["code"] == "H"
+    assert isc["referenceRange"][0]["high"]["value"] == 30.0
+
+
+def test_uncertain_call_is_flagged(record: EcgRecord) -> None:
+    uncertain = TriageResult(0.25, 0.2, uncertainty=0.1, interval=(0.1, 0.4))
+    report, obs = validated(
+        build_report(result(triage=uncertain), record, report_id="u", issued=NOW)
+    )
+    assert "ensemble members disagree" in report["conclusion"]
+    assert any("disagree" in n["text"] for n in obs["u-triage"]["note"])
+    # RCA 0.2 with members 0.1-0.55 around 0.5: flagged too; LAD is not
+    assert any("disagree" in n["text"] for n in obs["u-territory-rca"]["note"])
+    assert not any("disagree" in n["text"] for n in obs["u-territory-lad"]["note"])
+
+
+def test_rhythm_observation(record: EcgRecord) -> None:
+    report, obs = validated(build_report(result(), record, report_id="r", issued=NOW))
+    rhythm = obs["r-rhythm"]
+    assert rhythm["valueCodeableConcept"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": RHYTHM_SNOMED["AFIB"][0],
+        "display": "Atrial fibrillation",
+    }
+    afib = _component(rhythm, "rhythm-afib")
+    assert afib["valueQuantity"]["value"] == 92.0
+    assert afib["interpretation"][0]["coding"][0]["code"] == "H"
+    assert "Rhythm: atrial fibrillation (92%)." in report["conclusion"]
+    none = (RhythmFinding("SR", "sinus rhythm", 0.1, 0.5),)
+    report, obs = validated(build_report(result(rhythms=none), record, report_id="r2", issued=NOW))
+    assert obs["r2-rhythm"]["valueCodeableConcept"]["text"].startswith("undetermined")
+    assert "Rhythm: undetermined." in report["conclusion"]
+
+
+def test_stenosis_not_assessed_has_no_value(record: EcgRecord) -> None:
+    report, obs = validated(build_report(result(), record, report_id="s", issued=NOW))
+    sten = obs["s-stenosis"]
+    assert "valueQuantity" not in sten and "component" not in sten
+    assert sten["dataAbsentReason"]["coding"][0]["code"] == "not-performed"
+    assert "not assessed" in sten["note"][0]["text"]
+    assert "Stenosis >70%: not assessed." in report["conclusion"]
+
+
+def test_validated_stenosis_has_one_component_per_vessel(record: EcgRecord) -> None:
+    sten = StenosisAssessment(
+        assessed=True,
+        reason="site fine-tuned and validated (H1)",
+        findings=(
+            StenosisFinding("LAD", 0.81, 0.4),
+            StenosisFinding("LCx", 0.1, 0.4),
+            StenosisFinding("RCA", 0.2, 0.4),
+        ),
+    )
+    report, obs = validated(build_report(result(stenosis=sten), record, report_id="v", issued=NOW))
+    s = obs["v-stenosis"]
+    assert "dataAbsentReason" not in s
+    assert [c["code"]["coding"][0]["code"] for c in s["component"]] == [
+        "stenosis-lad",
+        "stenosis-lcx",
+        "stenosis-rca",
+    ]
+    assert s["component"][0]["valueQuantity"]["value"] == 81.0
+    assert "Stenosis >70% (site-validated model): LAD." in report["conclusion"]
+
+
+def test_foundation_result_gets_no_new_observations(record: EcgRecord) -> None:
+    old = AnalysisResult(
+        record_id="x",
+        model_version="m",
+        quality=QualityReport(ok=True),
+        triage=TriageResult(0.1, 0.2),
+        territories=(TerritoryFinding("anterior", "LAD", 0.1, 0.5),),
+    )
+    report, obs = validated(build_report(old, record, report_id="f", issued=NOW))
+    assert list(obs) == ["f-triage", "f-territory-lad"]
+    assert "component" not in obs["f-triage"]
+    assert "Stenosis >70%: not assessed." in report["conclusion"]
+
+
+def test_bundle_puts_every_new_observation(record: EcgRecord) -> None:
+    bundle = report_bundle(build_report(result(), record, report_id="b", issued=NOW))
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert "Observation/b-rhythm" in urls and "Observation/b-stenosis" in urls
+    assert len(resource_json_provenance(bundle)["target"]) == 8
+
+
+def resource_json_provenance(bundle: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = bundle["entry"][-1]["resource"]
+    assert entry["resourceType"] == "Provenance"
+    return entry
