@@ -4,9 +4,7 @@ answered with a negative ACK while the connection stays open."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -17,6 +15,7 @@ from integration.mllp import MllpServer
 from integration.mllp_client import MllpClient, ack_code
 from integration.mllp_framing import frame
 from mappers.hl7v2 import build_ack, parse_msh
+from tests.support.mllp_thread import serving
 
 MSG = b"MSH|^~\\&|CART|WARD|ECGBRIDGE||20261121120000||ORU^R01|M%d|P|2.5.1\rPID|1"
 
@@ -28,7 +27,6 @@ def echo_handler(message: bytes) -> bytes:
 
 @pytest.fixture
 def port() -> Iterator[int]:
-    loop = asyncio.new_event_loop()
     server = MllpServer(
         handler=echo_handler,
         nak=nak_for,
@@ -37,14 +35,8 @@ def port() -> Iterator[int]:
         max_frame=10_000,
         idle_timeout_s=2.0,
     )
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield server.port
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serving(server) as p:
+        yield p
 
 
 def _msa2(ack: bytes) -> str:

@@ -3,10 +3,8 @@ listener on a real socket, certificates made for the test."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from integration.ingest import nak_for
 from integration.mllp import MllpServer, server_tls_context
 from integration.mllp_client import AckRejectedError, MllpClient, MllpClientError, ack_code
 from tests.integration.test_mllp_server import MSG, echo_handler
+from tests.support.mllp_thread import serving
 
 
 def _cert(
@@ -75,7 +74,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tls_port(pki: Path) -> Iterator[int]:
-    loop = asyncio.new_event_loop()
     ctx = server_tls_context(
         cert=pki / "server.crt", key=pki / "server.key", client_ca=pki / "ca.crt"
     )
@@ -88,14 +86,8 @@ def tls_port(pki: Path) -> Iterator[int]:
         idle_timeout_s=5.0,
         ssl_context=ctx,
     )
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield server.port
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serving(server) as port:
+        yield port
 
 
 def _client_ctx(pki: Path, *, with_cert: bool) -> ssl.SSLContext:
