@@ -45,6 +45,34 @@ def _approximate_birth_date(age_years: float, at: date) -> date:
         return at.replace(year=at.year - years, day=28)
 
 
+def oru_msh(
+    *,
+    control_id: str,
+    now: datetime,
+    sending_application: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+) -> str:
+    """The MSH of an HL7 v2.5.1 ORU^R01 (production processing id, standard delimiters)."""
+    return "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            escape(sending_application),
+            escape(sending_facility),
+            escape(receiving_application),
+            escape(receiving_facility),
+            format_ts(now),
+            "",
+            "ORU^R01^ORU_R01",
+            escape(control_id),
+            "P",
+            "2.5.1",
+        ]
+    )
+
+
 def build_oru_r01(
     record: EcgRecord,
     *,
@@ -60,21 +88,13 @@ def build_oru_r01(
     unit = voltage_unit(units)
     if unit is None:
         raise ValueError(f"units must be uV, mV or V, got {units!r}")
-    msh = "|".join(
-        [
-            "MSH",
-            "^~\\&",
-            escape(sending_application),
-            escape(sending_facility),
-            escape(receiving_application),
-            escape(receiving_facility),
-            format_ts(now),
-            "",
-            "ORU^R01^ORU_R01",
-            escape(control_id),
-            "P",
-            "2.5.1",
-        ]
+    msh = oru_msh(
+        control_id=control_id,
+        now=now,
+        sending_application=sending_application,
+        sending_facility=sending_facility,
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
     )
     segments = [msh]
     demo = record.demographics

@@ -25,6 +25,7 @@ from datetime import datetime
 
 from inference.record import EcgRecord, Sex
 from inference.result import AnalysisResult
+from mappers.hl7v2_oru_out import oru_msh
 from mappers.hl7v2_wire import escape, format_ts
 
 LOCAL = "99ECGB"
@@ -73,21 +74,13 @@ def build_result_oru(
 ) -> bytes:
     """The result ORU^R01 (see the module docstring). Segments joined by CR."""
     segs = [
-        "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                escape(sending_application),
-                escape(sending_facility),
-                escape(receiving_application),
-                escape(receiving_facility),
-                format_ts(now),
-                "",
-                "ORU^R01^ORU_R01",
-                escape(control_id),
-                "P",
-                "2.5.1",
-            ]
+        oru_msh(
+            control_id=control_id,
+            now=now,
+            sending_application=sending_application,
+            sending_facility=sending_facility,
+            receiving_application=receiving_application,
+            receiving_facility=receiving_facility,
         )
     ]
     pid3 = ""
