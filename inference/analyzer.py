@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,6 +26,8 @@ import numpy.typing as npt
 import torch
 
 from inference.ensemble import STENOSIS_VESSELS, EcgEnsemble, predict_logits, sigmoid
+from inference.errors import ModelError
+from inference.fairness import FairnessModel, load_fairness
 from inference.labels import ISCHEMIA_TASK, RHYTHMS, TASK_VESSEL
 from inference.preprocess import preprocess, to_model_leads
 from inference.quality import QualityConf, assess_quality
@@ -63,7 +66,16 @@ class Analyzer:
         *,
         device: str,
         quality_conf: QualityConf | None = None,
+        fairness: FairnessModel | None = None,
+        group_thresholds: bool = False,
     ) -> None:
+        if group_thresholds and (fairness is None or not fairness.group_thresholds()):
+            raise ModelError(
+                "fairness_group_thresholds is on but no fairness model with group thresholds "
+                f"is fitted for {weights.meta.model_version}"
+            )
+        self._fairness = fairness
+        self._group_thresholds = group_thresholds
         self._model = model
         self._weights = weights
         self._device = device
@@ -77,18 +89,30 @@ class Analyzer:
         *,
         device: str | None = None,
         num_threads: int | None = None,
+        group_thresholds: bool = False,
     ) -> Analyzer:
         """Verify and load `weights` (the shipped model by default) on `device`
         (``"cuda"`` when available, else ``"cpu"``). Raises `ModelError`.
 
         `num_threads`, when given, sets torch's intra-op threads for the whole process. On a
-        busy 2-core CPU one thread is several times faster than two (MODEL_CARD.md, speed)."""
+        busy 2-core CPU one thread is several times faster than two (MODEL_CARD.md, speed).
+
+        The fairness model fitted for the weights (`inference.fairness`), when there is one,
+        adds the per-report check; `group_thresholds` makes the MI decision use its per sex x
+        age band thresholds (never above the shipped threshold)."""
         weights = weights or DEFAULT_WEIGHTS
         device = device or default_device()
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         model = weights.load_model(device)
-        return cls(model, weights, device=device)
+        fairness = load_fairness(weights.meta.model_version)
+        return cls(
+            model,
+            weights,
+            device=device,
+            fairness=fairness,
+            group_thresholds=group_thresholds,
+        )
 
     @property
     def model_version(self) -> str:
@@ -97,6 +121,10 @@ class Analyzer:
     @property
     def weights(self) -> Weights:
         return self._weights
+
+    @property
+    def fairness(self) -> FairnessModel | None:
+        return self._fairness
 
     @property
     def device(self) -> str:
@@ -221,15 +249,25 @@ class Analyzer:
             for task, (code, display) in RHYTHMS.items()
             if task in self._task_index
         )
+        triage = TriageResult(*head("mi"))
+        fairness = None
+        if self._fairness is not None:
+            cols = [self._task_index[t] for t in self._fairness.tasks]
+            fairness = self._fairness.check(scores.probs[row, cols], record.demographics)
+            if self._group_thresholds:
+                triage = replace(
+                    triage, threshold=self._fairness.threshold_for(record.demographics)
+                )
         return AnalysisResult(
             record_id=record.record_id,
             model_version=meta.model_version,
             quality=quality,
-            triage=TriageResult(*head("mi")),
+            triage=triage,
             territories=territories,
             analysed_at=analysed_at,
             ischemia=ischemia,
             rhythms=rhythms,
             stenosis=None if meta.format == "resnet1d-v0" else self._stenosis(sten, row),
             uncertainty_method=method,
+            fairness=fairness,
         )

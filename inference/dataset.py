@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,8 @@ class PtbxlData:
     device: tuple[str, ...]
     strat_fold: npt.NDArray[np.int64]
     ecg_id: npt.NDArray[np.int64]
+    #: PTB-XL patient ids (for patient-grouped splits inside a fold); -1 where absent.
+    patient_id: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return int(self.ecg_id.shape[0])
@@ -98,6 +100,11 @@ def load_ptbxl(
         device=tuple(str(d).strip() for d in rows["device"]),
         strat_fold=rows["strat_fold"].to_numpy(dtype=np.int64),
         ecg_id=ecg_id[keep],
+        patient_id=(
+            rows["patient_id"].fillna(-1).to_numpy(dtype=np.int64)
+            if "patient_id" in rows
+            else np.full(len(rows), -1, dtype=np.int64)
+        ),
     )
     logger.info(
         "loaded %d records from %s (folds %s), positives %s",

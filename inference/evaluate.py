@@ -16,7 +16,17 @@ None where a metric is undefined)::
                                       "auroc_most_certain_80pct"} | None}},
      # added by issue 5:
      "calibration": {task: method}, "quality_refused": int, "members": int,
-     "stenosis": {"assessed": bool, "reason": str}}
+     "stenosis": {"assessed": bool, "reason": str},
+     # added by issue 6 (the triage output "mi"; see inference.subgroups):
+     "subgroups": {"overall": {...}, "sex": {"male", "female"}, "age_band": {...},
+                   "sex_x_age_band": {"female/<40", ...}, "site": {...}, "device": {...},
+                   each: {"n", "n_pos", "auroc", "ci95", "sensitivity", "specificity",
+                          "ece", "positive_rate", "flag_low_sensitivity", ...},
+                   "flagged": ["sex:female", ...]},
+     "fairness": {"auroc_gap_sex", "sensitivity_gap_sex", "auroc_gap_age",
+                  "sensitivity_gap_age"},
+     "backdoor": {"unadjusted" | "adjusted" | "z_aware" | "group_thresholds":
+                  {"auroc", "ci95", "sensitivity", "specificity", "by_group", "gaps"}} | None}
 
 Tasks are the model's heads (`WeightsMeta.tasks`): ``mi``, the territories, ``ischemia`` and
 the rhythms for the shipped model. Probabilities are calibrated with the weights' own maps.
@@ -35,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,43 +55,30 @@ import numpy.typing as npt
 import torch
 
 from inference.calibration import brier, expected_calibration_error
-from inference.dataset import load_ptbxl
+from inference.dataset import PtbxlData, load_ptbxl
 from inference.ensemble import predict_logits
-from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity
+from inference.fairness import (
+    AGE_BANDS,
+    compare,
+    demographics_of,
+    load_fairness,
+    logit_features,
+)
+from inference.fairness import band_of as age_bands
+from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity, wilson_ci
 from inference.preprocess import preprocess_batch
 from inference.quality import assess_quality
 from inference.record import LEADS_12
 from inference.registry import DEFAULT_WEIGHTS, Weights, weights_from_file
 from inference.scoring import score
+from inference.subgroups import fairness_gaps, reliability_png, subgroup_audit
 
 logger = logging.getLogger(__name__)
 
-AGE_BANDS: tuple[str, ...] = ("<40", "40-65", ">65")
 STENOSIS_NOT_ASSESSED = (
     "not assessed: no angiography-labelled training data; needs site fine-tuning and "
     "validation (inference.site_finetune)"
 )
-
-
-def age_bands(age_years: npt.NDArray[np.float64]) -> npt.NDArray[np.str_]:
-    """Band per record ("" when unknown); 300 (PTB-XL's over 89) falls in ">65"."""
-    age = np.asarray(age_years, dtype=np.float64)
-    out = np.full(age.shape, "", dtype="<U5")
-    out[age < 40] = "<40"
-    out[(age >= 40) & (age <= 65)] = "40-65"
-    out[age > 65] = ">65"
-    return out
-
-
-def wilson_ci(k: int, n: int, *, z: float = 1.959964) -> list[float] | None:
-    """Wilson score interval of a proportion k / n (None when n == 0)."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def _subgroup(
@@ -206,8 +202,10 @@ def evaluate(
     n_bootstrap: int = 1000,
     seed: int = 0,
     device: str | None = None,
+    reliability_png_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Score every record of `folds` in `data_dir` (all when None) and report per task."""
+    """Score every record of `folds` in `data_dir` (all when None) and report per task.
+    With `reliability_png_path`, also draw the MI reliability curves there."""
     weights = weights or DEFAULT_WEIGHTS
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = weights.meta
@@ -220,6 +218,30 @@ def evaluate(
     inputs = preprocess_batch(data.signals_mv, data.fs_hz, meta.preprocess)
     member_logits, _ = predict_logits(model, inputs, device=device)
     scores = score(member_logits, meta.tasks, meta.calibration)
+    mi = meta.tasks.index("mi")
+    subgroups = subgroup_audit(
+        data.labels[:, mi],
+        scores.probs[:, mi],
+        meta.thresholds["mi"],
+        sex=data.sex,
+        age_years=data.age_years,
+        site=data.site,
+        device=data.device,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    backdoor = _backdoor(data, scores.probs, meta.tasks, meta.model_version, n_bootstrap, seed)
+    if reliability_png_path is not None:
+        reliability_png_path.parent.mkdir(parents=True, exist_ok=True)
+        reliability_png_path.write_bytes(
+            reliability_png(
+                data.labels[:, mi],
+                scores.probs[:, mi],
+                sex=data.sex,
+                age_years=data.age_years,
+                title=f"MI, {meta.model_version}",
+            )
+        )
     tasks: dict[str, Any] = {}
     for t, task in enumerate(meta.tasks):
         tasks[task] = task_report(
@@ -247,7 +269,60 @@ def evaluate(
             if meta.stenosis_validated
             else {"assessed": False, "reason": STENOSIS_NOT_ASSESSED}
         ),
+        "subgroups": subgroups,
+        "fairness": fairness_gaps(subgroups),
+        "backdoor": backdoor,
+        "reliability_png": None if reliability_png_path is None else str(reliability_png_path),
     }
+
+
+def _backdoor(
+    data: PtbxlData,
+    probs: npt.NDArray[np.float64],
+    tasks: Sequence[str],
+    model_version: str,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Unadjusted vs back-door adjusted vs Z-aware vs per-group thresholds on this data
+    (records with known sex and age), with the fitted fairness model of the weights."""
+    fm = load_fairness(model_version)
+    if fm is None:
+        return None
+    mi = list(tasks).index("mi")
+    bands = age_bands(data.age_years)
+    known = (data.sex >= 0) & (bands != "")
+    if not known.any():
+        return None
+    x = probs[known][:, [list(tasks).index(t) for t in fm.tasks]]
+    sex, bk = data.sex[known], bands[known]
+    y = data.labels[known, mi] > 0.5
+    unadj = probs[known, mi]
+    record_thr = np.array(
+        [
+            fm.threshold_for(demographics_of(int(s), float(a)))
+            for s, a in zip(sex, data.age_years[known], strict=True)
+        ]
+    )
+    margin = logit_features(unadj) - logit_features(record_thr)
+    out = compare(
+        y,
+        {
+            "unadjusted": (unadj, fm.shipped_threshold),
+            "adjusted": (fm.adjusted(x), fm.threshold),
+            "z_aware": (fm.z_aware(x, sex == 1, bk.tolist()), fm.z_aware_threshold),
+            "group_thresholds": (margin, 0.0),
+        },
+        sex,
+        bk,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    out["note"] = (
+        "the shipped fairness model applied to this data as is (fitted on fold 9: on fold 9 "
+        "these figures are in-sample; the model card gives the cross-fitted ones)"
+    )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--reliability-png", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     report = evaluate(
@@ -267,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
         device=args.device,
+        reliability_png_path=args.reliability_png,
     )
     json.dump(report, sys.stdout, indent=2)
     return 0

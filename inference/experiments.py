@@ -24,7 +24,8 @@ import numpy.typing as npt
 import torch
 
 from inference.calibration import cross_fitted_ece, expected_calibration_error, fit_calibrator
-from inference.evaluate import AGE_BANDS, age_bands
+from inference.fairness import AGE_BANDS
+from inference.fairness import band_of as age_bands
 from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity
 from inference.preprocess import PreprocessConf
 from inference.registry import weights_from_file

@@ -4,6 +4,8 @@ threshold, and the operating-point rules."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from scipy.stats import rankdata
@@ -99,3 +101,14 @@ def threshold_youden(y_true: npt.ArrayLike, score: npt.ArrayLike) -> float | Non
         if j > best_j + 1e-12:
             best_t, best_j = float(t), j
     return best_t
+
+
+def wilson_ci(k: int, n: int, *, z: float = 1.959964) -> list[float] | None:
+    """Wilson score interval of a proportion k / n (None when n == 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]

@@ -9,8 +9,10 @@ which side of the threshold it falls on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 #: Territory -> culprit-vessel proxy (../shared/data/README.md): anterior -> LAD,
 #: inferior -> RCA, lateral -> LCx.
@@ -165,6 +167,42 @@ STENOSIS_NOT_ASSESSED = StenosisAssessment()
 
 
 @dataclass(frozen=True, slots=True)
+class FairnessCheck:
+    """The per-report fairness check (`inference.fairness`): the Z-aware model's probability
+    under the patient's own demographics and under each counterfactual one, the back-door
+    adjusted probability, the largest shift and the verdict."""
+
+    adjusted_probability: float
+    own_probability: float
+    #: "male", "female" (own age band), "<40", "40-65", ">65" (own sex) -> probability.
+    by_demographic: dict[str, float]
+    max_shift: float
+    max_shift_demographic: str
+    shift_threshold: float
+    #: "stable" or "demographic-sensitive" (max_shift >= shift_threshold).
+    verdict: str
+    #: Some counterfactual demographic lands on the other side of the adjusted threshold.
+    flips_decision: bool
+    sex: str | None
+    age_band: str | None
+    method: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "adjusted_probability": self.adjusted_probability,
+            "own_probability": self.own_probability,
+            "max_shift": self.max_shift,
+            "max_shift_demographic": self.max_shift_demographic,
+            "shift_threshold": self.shift_threshold,
+            "verdict": self.verdict,
+            "flips_decision": self.flips_decision,
+            "by_demographic": dict(self.by_demographic),
+            "demographics": {"sex": self.sex, "age_band": self.age_band},
+            "method": self.method,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class AnalysisResult:
     """The model's output for one record.
 
@@ -186,6 +224,15 @@ class AnalysisResult:
     stenosis: StenosisAssessment | None = None
     #: How `uncertainty` was computed ("ensemble-sd" or "none").
     uncertainty_method: str = "none"
+    #: The per-report fairness check; None when no fairness model is fitted for the weights
+    #: or the record was not analysed.
+    fairness: FairnessCheck | None = None
+    #: Delineation measurements (`ecgbridge analyze --json` "measurements": per lead st_mv,
+    #: t_mv, qrs_ms; global hr_bpm, qtc_ms), when computed.
+    measurements: Mapping[str, Any] | None = None
+    #: The explanation JSON ("attributions", "counterfactual", "rule", "seconds"), when
+    #: computed (`inference.explain`); None when explanations are off.
+    explanation: Mapping[str, Any] | None = None
 
     @property
     def analysed(self) -> bool:
@@ -235,5 +282,10 @@ class AnalysisResult:
                 else list(self.triage.interval),
             },
             "quality": self.quality.to_json(),
+            "fairness": None if self.fairness is None else self.fairness.to_json(),
         }
+        if self.measurements is not None:
+            out["measurements"] = dict(self.measurements)
+        if self.explanation is not None:
+            out["explanation"] = dict(self.explanation)
         return out

@@ -49,6 +49,7 @@ from inference.result import (
     StenosisAssessment,
     TerritoryFinding,
 )
+from mappers.fhir_extensions import explanation_extension, fairness_extension
 from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
 
 REPORT_SYSTEM = "urn:ecgbridge:report"
@@ -396,6 +397,15 @@ def build_report(
     }
     if obs_refs:
         report["result"] = obs_refs
+    extensions: list[dict[str, Any]] = []
+    if result.fairness is not None:
+        extensions.append(fairness_extension(result.fairness.to_json()))
+    if result.explanation is not None:
+        extensions.append(
+            explanation_extension(result.explanation, model_version=result.model_version)
+        )
+    if extensions:
+        report["extension"] = extensions
     if result.triage is not None and result.triage.positive:
         report["conclusionCode"] = [
             {

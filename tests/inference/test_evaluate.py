@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 
-from inference.evaluate import age_bands, evaluate, uncertainty_summary, wilson_ci
+from inference.evaluate import evaluate, uncertainty_summary
+from inference.fairness import band_of as age_bands
+from inference.metrics import wilson_ci
 from inference.registry import DEFAULT_WEIGHTS
 from tests.inference.conftest import FIXTURE_DIR
 
@@ -64,6 +66,29 @@ def test_contract_on_fixture() -> None:
     assert mi["n_pos"] == 5
     lo, hi = mi["ci95"]
     assert lo <= mi["auroc"] <= hi
+    # issue 6: the subgroup audit of the triage output and the fairness gaps
+    sub = report["subgroups"]
+    assert set(sub["sex"]) == {"male", "female"}
+    assert set(sub["age_band"]) <= {"<40", "40-65", ">65"}
+    assert sum(e["n"] for e in sub["sex_x_age_band"].values()) == 10
+    for entry in sub["sex"].values():
+        assert {
+            "auroc",
+            "ci95",
+            "sensitivity",
+            "specificity",
+            "ece",
+            "positive_rate",
+            "n",
+            "n_pos",
+        } <= set(entry)
+    assert set(report["fairness"]) == {
+        "auroc_gap_sex",
+        "sensitivity_gap_sex",
+        "auroc_gap_age",
+        "sensitivity_gap_age",
+    }
+    assert set(report["backdoor"]) >= {"unadjusted", "adjusted", "z_aware", "group_thresholds"}
     # the lateral positives are 41 and 62 years old: no positive over 65, so no AUROC there
     assert report["tasks"]["lateral"]["by_age_band"][">65"] is None
     json.dumps(report)
