@@ -52,6 +52,9 @@ _LEAD_INDEX: dict[str, int] = {
     "aVF": 64,
 }
 
+#: Canonical lead name -> its MDC lead index (the offset every per-lead MDC code adds).
+MDC_LEAD_INDEX: dict[str, int] = dict(_LEAD_INDEX)
+
 #: Canonical lead name -> MDC code (MDC_ECG_ELEC_POTL_<lead>), as written by ecgbridge.
 MDC_CODES: dict[str, int] = {lead: MDC_ECG_ELEC_POTL + _LEAD_INDEX[lead] for lead in LEADS_12}
 
