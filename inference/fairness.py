@@ -109,6 +109,10 @@ class FairnessModel:
     shift_threshold: float = SHIFT_THRESHOLD
     #: Positive rate per monitoring group on fold 9 at the shipped triage threshold.
     reference_positive_rate: dict[str, float] = field(default_factory=dict)
+    #: The same with the per-group thresholds (`group_thresholds`).
+    reference_positive_rate_group_thresholds: dict[str, float] = field(default_factory=dict)
+    #: Records per monitoring group behind the reference rates.
+    reference_n: dict[str, int] = field(default_factory=dict)
     #: The fold-9 comparison (unadjusted / z-aware / adjusted), written by `fit`.
     evaluation: dict[str, Any] = field(default_factory=dict)
     fitted_on: dict[str, Any] = field(default_factory=dict)
@@ -251,6 +255,10 @@ class FairnessModel:
             "shipped_threshold": self.shipped_threshold,
             "shift_threshold": self.shift_threshold,
             "reference_positive_rate": self.reference_positive_rate,
+            "reference_positive_rate_group_thresholds": (
+                self.reference_positive_rate_group_thresholds
+            ),
+            "reference_n": self.reference_n,
             "group_thresholds": self.group_thresholds(),
             "evaluation": self.evaluation,
             "fitted_on": self.fitted_on,
@@ -281,6 +289,11 @@ class FairnessModel:
             reference_positive_rate={
                 str(k): float(v) for k, v in data.get("reference_positive_rate", {}).items()
             },
+            reference_positive_rate_group_thresholds={
+                str(k): float(v)
+                for k, v in data.get("reference_positive_rate_group_thresholds", {}).items()
+            },
+            reference_n={str(k): int(v) for k, v in data.get("reference_n", {}).items()},
             evaluation=dict(data.get("evaluation", {})),
             fitted_on=dict(data.get("fitted_on", {})),
         )
@@ -301,15 +314,33 @@ def load_fairness(model_version: str, directory: Path = WEIGHTS_DIR) -> Fairness
     return model
 
 
-def reference_positive_rates(model_version: str | None = None) -> dict[str, float]:
+#: A reference rate from fewer fold-9 records than this is too noisy to judge drift against.
+MIN_REFERENCE_N = 30
+
+
+def reference_positive_rates(
+    model_version: str | None = None,
+    *,
+    group_thresholds: bool = False,
+    min_n: int = MIN_REFERENCE_N,
+) -> dict[str, float]:
     """Positive rate per monitoring group ("all", "male", "female", "<40", ..., "female/<40")
-    of the shipped model on fold 9: the reference the production drift monitor compares with.
-    Empty when no fairness model is fitted for the version."""
+    of the shipped model on fold 9, under the threshold policy in use (`group_thresholds`):
+    the reference the production drift monitor compares with. Groups with fewer than `min_n`
+    fold-9 records are left out (counted in production, not judged). Empty when no fairness
+    model is fitted for the version."""
     from inference.registry import DEFAULT_WEIGHTS
 
     version = model_version or DEFAULT_WEIGHTS.meta.model_version
     model = load_fairness(version)
-    return {} if model is None else dict(model.reference_positive_rate)
+    if model is None:
+        return {}
+    rates = (
+        model.reference_positive_rate_group_thresholds
+        if group_thresholds
+        else model.reference_positive_rate
+    )
+    return {g: r for g, r in rates.items() if model.reference_n.get(g, 0) >= min_n}
 
 
 # -- fitting and the fold-9 comparison ---------------------------------------------------
@@ -588,11 +619,17 @@ def fit(
     )
     final = replace(final, z_aware_threshold=thr_own, shipped_threshold=shipped_thr)
     pos = unadj >= shipped_thr
-    ref_rate = {
-        g: float(pos[m].mean())
-        for g, m in monitoring_groups(data.sex, bands).items()
-        if m.sum() > 0
-    }
+    groups = {g: m for g, m in monitoring_groups(data.sex, bands).items() if m.sum() > 0}
+    ref_rate = {g: float(pos[m].mean()) for g, m in groups.items()}
+    final_thr = np.array(
+        [
+            final.threshold_for(demographics_of(data.sex[i], data.age_years[i]))
+            for i in range(len(data))
+        ]
+    )
+    pos_grouped = unadj >= final_thr
+    ref_rate_grouped = {g: float(pos_grouped[m].mean()) for g, m in groups.items()}
+    ref_n = {g: int(m.sum()) for g, m in groups.items()}
     checks = [
         final.check(probs[i], demographics_of(data.sex[i], data.age_years[i]))
         for i in range(len(data))
@@ -621,6 +658,8 @@ def fit(
         shipped_threshold=shipped_thr,
         shift_threshold=shift_threshold,
         reference_positive_rate=ref_rate,
+        reference_positive_rate_group_thresholds=ref_rate_grouped,
+        reference_n=ref_n,
         evaluation=evaluation,
         fitted_on={
             "data": "PTB-XL subset fold 9 (selection fold); P(z) from folds 1-8",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from inference.record import EcgRecord
+from inference.record import EcgRecord, Sex
 from inference.result import AnalysisResult
 from integration.audit import AuditEvent, EventKind, Outcome, PatientRef
 
@@ -86,6 +86,16 @@ def analysis_finished(*, ecg_id: str, record: EcgRecord, result: AnalysisResult)
     }
     for t in result.territories:
         detail[f"territory_{t.vessel}"] = round(t.probability, 6)
+    # Subgroup of the fairness monitor (integration.fairness_monitor). Not identifiers under
+    # HIPAA Safe Harbor (45 CFR 164.514(b)(2)): sex is not one of the 18 identifiers, and a
+    # three-band age is coarser than the ages Safe Harbor allows; ages over 89, which must be
+    # pooled, fall within ">65".
+    demo = record.demographics
+    detail["sex"] = None if demo.sex is Sex.UNKNOWN else demo.sex.value
+    detail["age_band"] = demo.age_band
+    if result.fairness is not None:
+        detail["fairness_verdict"] = result.fairness.verdict
+        detail["adjusted_probability"] = round(result.fairness.adjusted_probability, 6)
     return AuditEvent(
         kind=EventKind.ANALYSIS_FINISHED,
         actor="worker",

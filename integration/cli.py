@@ -9,6 +9,7 @@
     ecgbridge doctor                  check every configured dependency
     ecgbridge backfill DIR [--rate N] push an archive through the queue (resumable)
     ecgbridge audit verify|export|prove|consistency ...
+    ecgbridge fairness report [--since 7d] [--json]   per-subgroup fairness monitoring
 
 Exit codes: 0 success, 1 failure, 2 bad input (the message names the file and the field).
 """
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     au.add_argument("audit_args", nargs=argparse.REMAINDER)
 
+    fa = sub.add_parser("fairness", help="fairness monitoring (ecgbridge fairness report --help)")
+    fa.add_argument("fairness_args", nargs=argparse.REMAINDER)
+
     d = sub.add_parser("demo", help="send real sample ECGs through the running service")
     d.add_argument("--keep", action="store_true", help="leave ./var/demo in place")
     return p
@@ -130,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from integration.audit.cli import cli_main
 
             return cli_main(args.audit_args)
+        if args.command == "fairness":
+            from integration.fairness_monitor import cli_main as fairness_main
+
+            return fairness_main(args.fairness_args, settings=settings)
         if args.command == "demo":
             from integration.demo import run_demo
 
@@ -176,7 +184,9 @@ def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
     from integration.tasks import make_writer
 
     inputs = [ecg for path in files for ecg in read_ecg_file(path)]
-    analyzer = Analyzer.load(device=settings.device)
+    analyzer = Analyzer.load(
+        device=settings.device, group_thresholds=settings.fairness_group_thresholds
+    )
     writer = make_writer(settings)
     try:
         for ecg in inputs:
@@ -243,8 +253,11 @@ def _evaluate(data: Path, folds: str | None, out: Path, n_bootstrap: int) -> int
             "expected signals_500hz_uv.npz and records.csv (the PTB-XL layout)", path=str(data)
         )
     fold_list = None if not folds else [int(f) for f in folds.split(",")]
-    report = evaluate(data_dir=data, folds=fold_list, n_bootstrap=n_bootstrap)
     out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".reliability.png")
+    report = evaluate(
+        data_dir=data, folds=fold_list, n_bootstrap=n_bootstrap, reliability_png_path=png
+    )
     out.write_text(json.dumps(report, indent=2))
     for task, t in report["tasks"].items():
         if t.get("auroc") is None or t.get("ci95") is None:
@@ -255,7 +268,17 @@ def _evaluate(data: Path, folds: str | None, out: Path, n_bootstrap: int) -> int
             f"sens {t['sensitivity']:.2f} spec {t['specificity']:.2f}  "
             f"n_pos {t['n_pos']}/{report['n']}"
         )
-    print(f"written to {out}")
+    gaps = report["fairness"]
+    print(
+        "fairness (MI): "
+        + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in gaps.items())
+    )
+    flagged = report["subgroups"]["flagged"]
+    print(
+        "subgroups with sensitivity > 0.05 below overall: "
+        + (", ".join(flagged) if flagged else "none")
+    )
+    print(f"written to {out} (reliability curves: {png})")
     return 0
 
 

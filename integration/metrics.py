@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,17 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 #: Analysis stages, the label values of ``ecgbridge_analysis_seconds``.
 STAGES = frozenset(
     {"decode", "quality", "preprocess", "model", "explain", "writeback", "total", "queue_wait"}
+)
+
+#: Subgroups of the fairness monitor, the label values of ``ecgbridge_fairness_*{group}``.
+FAIRNESS_GROUPS: tuple[str, ...] = (
+    "all",
+    "male",
+    "female",
+    "<40",
+    "40-65",
+    ">65",
+    *(f"{sex}/{band}" for sex in ("male", "female") for band in ("<40", "40-65", ">65")),
 )
 
 
@@ -73,6 +84,46 @@ class Metrics:
         self._backfill = Counter(
             "ecgbridge_backfill_files", "Backfill files by outcome", ["outcome"], registry=r
         )
+        # Fairness monitor (integration.fairness_monitor): rebuilt from the audit log at start.
+        self._fair_analysed = Counter(
+            "ecgbridge_fairness_analysed", "ECGs analysed, by subgroup", ["group"], registry=r
+        )
+        self._fair_positive = Counter(
+            "ecgbridge_fairness_positive",
+            "Triage-positive ECGs, by subgroup",
+            ["group"],
+            registry=r,
+        )
+        self._fair_overrides = Counter(
+            "ecgbridge_fairness_overrides",
+            "CDS cards overridden by a clinician, by subgroup",
+            ["group"],
+            registry=r,
+        )
+        self._fair_alerts = Counter(
+            "ecgbridge_fairness_drift_alerts",
+            "Positive-rate drift excursions, by subgroup",
+            ["group"],
+            registry=r,
+        )
+        self._fair_rate = Gauge(
+            "ecgbridge_fairness_positive_rate",
+            "Positive rate over the drift window, by subgroup (NaN: no analysis yet)",
+            ["group"],
+            registry=r,
+        )
+        self._fair_window = Gauge(
+            "ecgbridge_fairness_window_size",
+            "Analyses in the drift window, by subgroup",
+            ["group"],
+            registry=r,
+        )
+        self._fair_drifting = Gauge(
+            "ecgbridge_fairness_drifting",
+            "1 while the subgroup's window positive rate is outside its bound (alert on this)",
+            ["group"],
+            registry=r,
+        )
 
     def messages_received(self, channel: str) -> None:
         self._received.labels(channel=channel).inc()
@@ -100,9 +151,39 @@ class Metrics:
     def backfill_file(self, outcome: str) -> None:
         self._backfill.labels(outcome=outcome).inc()
 
+    def fairness_counts(
+        self, group: str, *, analysed: int = 0, positive: int = 0, overrides: int = 0
+    ) -> None:
+        """Add to a subgroup's running counts (zeros create the series, alerts' too)."""
+        _check_group(group)
+        self._fair_alerts.labels(group=group)
+        self._fair_analysed.labels(group=group).inc(analysed)
+        self._fair_positive.labels(group=group).inc(positive)
+        self._fair_overrides.labels(group=group).inc(overrides)
+
+    def fairness_window(
+        self, group: str, *, positive_rate: float | None, size: int, drifting: bool
+    ) -> None:
+        """A subgroup's drift window now (``positive_rate`` None: empty window)."""
+        _check_group(group)
+        self._fair_rate.labels(group=group).set(
+            float("nan") if positive_rate is None else positive_rate
+        )
+        self._fair_window.labels(group=group).set(size)
+        self._fair_drifting.labels(group=group).set(1 if drifting else 0)
+
+    def fairness_drift_alert(self, group: str) -> None:
+        _check_group(group)
+        self._fair_alerts.labels(group=group).inc()
+
     def watch_queue_depth(self, depth: Callable[[], dict[str, int]]) -> None:
         """Export ``ecgbridge_queue_depth{queue, priority}`` read at scrape time."""
         self.registry.register(QueueDepthCollector(depth))
+
+
+def _check_group(group: str) -> None:
+    if group not in FAIRNESS_GROUPS:
+        raise ValueError(f"unknown fairness group {group!r}; one of {list(FAIRNESS_GROUPS)}")
 
 
 class QueueDepthCollector(Collector):

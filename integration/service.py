@@ -20,6 +20,7 @@ from integration.audit import AuditLog
 from integration.cds import PatientKey, StoredAnalysis
 from integration.celery_app import create_app as create_celery_app
 from integration.celery_app import enqueue_analysis
+from integration.fairness_monitor import FairnessMonitor
 from integration.inbox import Inbox
 from integration.ingest import IngestService, nak_for
 from integration.metrics import Metrics, redis_queue_depth
@@ -126,6 +127,9 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         intake_auth = require_bearer(validator, "system/Observation.write", audit=audit)
         cds_auth = require_bearer(validator, "system/DiagnosticReport.read", audit=audit)
     version = model_version()
+    fairness = FairnessMonitor.for_service(
+        audit, settings=settings, metrics=metrics, model_version=version
+    )
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "model_version": version, "inbox": inbox.count_by_status()}
@@ -170,6 +174,7 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     except Exception:
         log.exception("start-up reconciliation failed; the periodic one will retry")
     reconciler = asyncio.create_task(reconcile_forever(inbox, enqueue, settings))
+    fairness_task = asyncio.create_task(fairness.run(settings.fairness_poll_s))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,6 +192,7 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         await asyncio.wait({http_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         reconciler.cancel()
+        fairness_task.cancel()
         http.should_exit = True
         with contextlib.suppress(Exception):
             await http_task

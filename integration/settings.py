@@ -40,12 +40,23 @@ class Settings(BaseSettings):
     #: Threads torch uses in each worker process. Scale out with processes (concurrency),
     #: not threads: one thread per process avoids oversubscribing the cores.
     torch_threads: int = Field(default=1, ge=1)
+    #: Use the fairness model's per sex x age band MI thresholds (never above the shipped
+    #: one; MODEL_CARD.md, fairness) instead of the single shipped threshold.
+    fairness_group_thresholds: bool = False
     task_max_retries: int = Field(default=8, ge=0)
     #: How often `serve` looks for accepted-but-unfinished ECGs to queue again.
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     #: An unfinished ECG untouched for this long is queued again. Longer than the task's
     #: hard time limit, so a running analysis is not doubled.
     reconcile_after_s: float = Field(default=300.0, gt=0)
+    #: Fairness drift window: the last this many analyses of each subgroup.
+    fairness_window: int = Field(default=200, ge=1)
+    #: No drift judgement on a subgroup before its window holds this many analyses.
+    fairness_min_n: int = Field(default=50, ge=1)
+    #: Alert when a subgroup's window positive rate is further than this from its reference.
+    fairness_drift_bound: float = Field(default=0.10, gt=0, lt=1)
+    #: How often `serve` reads new audit entries into the fairness monitor (seconds).
+    fairness_poll_s: float = Field(default=30.0, gt=0)
 
     @property
     def effective_database_url(self) -> str:

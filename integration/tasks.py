@@ -83,7 +83,9 @@ class _WorkerState:
     """What one worker process loads once: the model, the inbox engine, the writer."""
 
     def __init__(self, settings: Settings) -> None:
-        self.analyzer = Analyzer.load(device=settings.device)
+        self.analyzer = Analyzer.load(
+            device=settings.device, group_thresholds=settings.fairness_group_thresholds
+        )
         self.audit = AuditLog.from_settings()
         self.inbox = Inbox.from_url(settings.effective_database_url, cipher=self.audit.cipher)
         self.writer = make_writer(settings)

@@ -32,6 +32,8 @@ class EventKind(StrEnum):
     AUDIT_EXPORTED = "audit.exported"
     AUDIT_ARCHIVED = "audit.archived"
     AUDIT_VIEWED = "audit.viewed"
+    #: A subgroup's positive rate left its reference band (integration.fairness_monitor).
+    FAIRNESS_DRIFT = "fairness.drift"
 
 
 class Outcome(StrEnum):

@@ -45,6 +45,7 @@ _TYPES: dict[EventKind, tuple[str, str, str]] = {
     EventKind.AUDIT_EXPORTED: ("110106", "Export", "R"),
     EventKind.AUDIT_ARCHIVED: ("110106", "Export", "E"),
     EventKind.AUDIT_VIEWED: ("110112", "Query", "E"),
+    EventKind.FAIRNESS_DRIFT: ("110100", "Application Activity", "E"),
 }
 
 

@@ -154,6 +154,14 @@ def test_the_shipped_fairness_model_matches_the_shipped_weights() -> None:
     rates = reference_positive_rates()
     assert {"all", "male", "female", "<40", "40-65", ">65", "female/>65"} <= set(rates)
     assert all(0.0 <= r <= 1.0 for r in rates.values())
+    # cells with fewer than 30 fold-9 records are not judged (male/<40 has 13)
+    assert fm.reference_n["male/<40"] < 30 and "male/<40" not in rates
+    assert "male/<40" in reference_positive_rates(min_n=1)
+    # per-group thresholds only lower thresholds: no group's reference rate falls
+    grouped = reference_positive_rates(group_thresholds=True)
+    assert set(grouped) == set(rates)
+    assert all(grouped[g] >= rates[g] for g in rates)
+    assert grouped["female"] > rates["female"]
     ev = fm.evaluation
     assert {"unadjusted", "z_aware", "adjusted", "group_thresholds"} <= set(ev)
     # per-group thresholds never cost a group sensitivity on fold 9 (cross-fitted)

@@ -119,6 +119,11 @@ def test_evaluate_writes_the_contract_json(tmp_path: Path) -> None:
         "by_age_band",
     }
     assert set(mi["by_age_band"]) == {"<40", "40-65", ">65"}
+    assert set(report["subgroups"]["sex"]) == {"male", "female"}
+    assert "sensitivity_gap_sex" in report["fairness"]
+    png = out.with_suffix(".reliability.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "fairness (MI): auroc_gap_sex" in proc.stdout
 
 
 def test_evaluate_on_a_folder_without_the_layout_exits_2(tmp_path: Path) -> None:
