@@ -52,6 +52,13 @@ def test_analyze_json_for_wfdb_hl7_and_fhir_files(tmp_path: Path) -> None:
         assert set(line) >= {"source", "model_version", "triage", "territory", "quality"}
         assert set(line["territory"]) == {"LAD", "RCA", "LCx"}
         assert 0.0 <= line["triage"]["probability"] <= 1.0
+        fairness = line["fairness"]
+        assert fairness["verdict"] in ("stable", "demographic-sensitive")
+        assert 0.0 <= fairness["adjusted_probability"] <= 1.0
+        assert set(fairness["by_demographic"]) == {"male", "female", "<40", "40-65", ">65"}
+        assert fairness["max_shift"] == pytest.approx(
+            max(abs(v - fairness["own_probability"]) for v in fairness["by_demographic"].values())
+        )
     # The same ECG through HL7 and FHIR gives the same answer.
     assert lines[1]["triage"] == pytest.approx(lines[2]["triage"])
     reports = (tmp_path / "out" / "DiagnosticReport.ndjson").read_text().splitlines()
