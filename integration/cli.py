@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cli_main(args.audit_args)
         if args.command == "fairness":
-            from integration.fairness_monitor import cli_main as fairness_main
+            from integration.fairness_report import cli_main as fairness_main
 
             return fairness_main(args.fairness_args, settings=settings)
         if args.command == "demo":

@@ -26,12 +26,11 @@ from integration.fairness_monitor import (
     DriftConfig,
     FairnessCounts,
     FairnessMonitor,
-    cli_main,
     groups_of,
     outcome_evidence,
-    parse_when,
     wilson_ci95,
 )
+from integration.fairness_report import cli_main, parse_when
 from integration.metrics import Metrics
 from integration.settings import Settings
 
