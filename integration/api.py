@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,6 +23,9 @@ from integration.inbox import Inbox, InboxItem
 from integration.ingest import FhirAccepted, IngestService
 from integration.metrics import Metrics, metrics_asgi_app
 from mappers.errors import MappingError
+from mappers.fhir_capability import capability_statement
+from mappers.fhir_json import resource_json
+from mappers.profiles import load_structure_definition
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,25 @@ def create_app(
     @app.post("/fhir", dependencies=guard)
     async def post_bundle(request: Request) -> Response:
         return await _intake(request, "Bundle")
+
+    started = datetime.now(UTC)
+
+    @app.get("/fhir/metadata")
+    async def get_metadata(request: Request) -> Response:
+        statement = capability_statement(
+            software_version=app.version,
+            base_url=str(request.base_url).rstrip("/") + "/fhir",
+            date=started,
+            bearer_auth=intake_auth is not None,
+        )
+        return JSONResponse(resource_json(statement), media_type=FHIR_JSON)
+
+    @app.get("/fhir/StructureDefinition/{sd_id}")
+    async def get_structure_definition(sd_id: str) -> Response:
+        sd = await _run(load_structure_definition, sd_id)
+        if sd is None:
+            return operation_outcome(404, code="not-found", text=f"no StructureDefinition {sd_id}")
+        return JSONResponse(sd, media_type=FHIR_JSON)
 
     @app.get("/ecg/{item_id}")
     async def get_status(item_id: str) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,8 +50,10 @@ def _ordered(resources: ReportResources) -> list[dict[str, Any]]:
 class NdjsonSink:
     """FHIR bulk-data style ndjson files, ``<out_dir>/<ResourceType>.ndjson``.
 
-    Idempotent by resource id under an exclusive file lock, so several worker processes
-    can share the folder and a retried write adds nothing.
+    Keyed by resource id under an exclusive file lock, so several worker processes can share
+    the folder: a retried write of the same content adds nothing, and a changed resource
+    (a preliminary report made final) replaces its line, as an update on a FHIR server
+    would (the files hold the current version of each resource, not its history).
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -62,10 +65,18 @@ class NdjsonSink:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for res in _ordered(resources):
                 path = self.out_dir / f"{res['resourceType']}.ndjson"
-                if res["id"] not in _ids_in(path):
+                line = json.dumps(res, separators=(",", ":"))
+                lines = _lines_by_id(path)
+                old = lines.get(str(res["id"]))
+                if old is None:
                     with open(path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(res, separators=(",", ":")) + "\n")
+                        fh.write(line + "\n")
                         fh.flush()
+                elif old != line:
+                    lines[str(res["id"])] = line
+                    tmp = path.with_suffix(".ndjson.tmp")
+                    tmp.write_text("".join(v + "\n" for v in lines.values()), encoding="utf-8")
+                    os.replace(tmp, path)
         report_id = resources.diagnostic_report.id
         return Written(
             report_ref=f"DiagnosticReport/{report_id}",
@@ -76,15 +87,17 @@ class NdjsonSink:
         return None
 
 
-def _ids_in(path: Path) -> set[str]:
+def _lines_by_id(path: Path) -> dict[str, str]:
+    """The file's lines keyed by resource id, in file order."""
     if not path.exists():
-        return set()
-    ids: set[str] = set()
+        return {}
+    out: dict[str, str] = {}
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                ids.add(str(json.loads(line)["id"]))
-    return ids
+                text = line.rstrip("\n")
+                out[str(json.loads(text)["id"])] = text
+    return out
 
 
 class FhirServerWriter:

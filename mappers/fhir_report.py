@@ -32,6 +32,8 @@ Choices (decision support, not a diagnosis):
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +53,8 @@ from inference.result import (
 )
 from mappers.fhir_extensions import explanation_extension, fairness_extension
 from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
+from mappers.fhir_measurements import measurement_observations
+from mappers.profiles import AI_OBSERVATION_PROFILE, REPORT_PROFILE
 
 REPORT_SYSTEM = "urn:ecgbridge:report"
 MODEL_SYSTEM = "urn:ecgbridge:model"
@@ -127,7 +131,7 @@ def _observation(
     return {
         "resourceType": "Observation",
         "id": obs_id,
-        "meta": {"security": [AIAST]},
+        "meta": {"profile": [AI_OBSERVATION_PROFILE], "security": [AIAST]},
         "status": "final",
         "code": {
             "coding": [{"system": OBSERVATION_SYSTEM, "code": code, "display": text}],
@@ -191,7 +195,7 @@ def _rhythm_observation(
     return {
         "resourceType": "Observation",
         "id": obs_id,
-        "meta": {"security": [AIAST]},
+        "meta": {"profile": [AI_OBSERVATION_PROFILE], "security": [AIAST]},
         "status": "final",
         "code": _code("rhythm", "ECG rhythm (AI)"),
         **common,
@@ -215,7 +219,7 @@ def _stenosis_observation(
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": obs_id,
-        "meta": {"security": [AIAST]},
+        "meta": {"profile": [AI_OBSERVATION_PROFILE], "security": [AIAST]},
         "status": "final",
         "code": _code("stenosis-over-70", "Coronary stenosis > 70% probability (AI)"),
         **common,
@@ -292,11 +296,21 @@ def conclusion_text(result: AnalysisResult) -> str:
 
 
 def build_report(
-    result: AnalysisResult, record: EcgRecord, *, report_id: str, issued: datetime
+    result: AnalysisResult,
+    record: EcgRecord,
+    *,
+    report_id: str,
+    issued: datetime,
+    preliminary: bool = False,
+    presented_form: Sequence[Mapping[str, Any]] = (),
 ) -> ReportResources:
     """The DiagnosticReport, its Observations and the Provenance for one analysis.
 
     Every resource is validated as R4 (`fhir.resources.R4B`); ids derive from `report_id`.
+    `preliminary` writes status ``preliminary`` (triage done, explanations to follow: the same
+    ids are then written again as ``final``). `presented_form` are Attachment dicts (the
+    rendered ECG, `report_attachments`). Delineation measurements in `result.measurements`
+    add their Observations (`mappers.fhir_measurements`).
     """
     model_name = f"ecgbridge model {result.model_version}"
     common: dict[str, Any] = {"issued": _instant(issued)}
@@ -369,14 +383,18 @@ def build_report(
                     common | {"device": {"display": model_name}},
                 )
             )
+    if result.measurements is not None:
+        observations.extend(
+            measurement_observations(result.measurements, report_id=report_id, common=common)
+        )
     obs_refs = [{"reference": f"Observation/{o['id']}"} for o in observations]
 
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": report_id,
-        "meta": {"security": [AIAST]},
+        "meta": {"profile": [REPORT_PROFILE], "security": [AIAST]},
         "identifier": [{"system": REPORT_SYSTEM, "value": report_id}],
-        "status": "final" if result.analysed else "cancelled",
+        "status": ("preliminary" if preliminary else "final") if result.analysed else "cancelled",
         "category": [
             {
                 "coding": [
@@ -397,6 +415,8 @@ def build_report(
     }
     if obs_refs:
         report["result"] = obs_refs
+    if presented_form:
+        report["presentedForm"] = [dict(a) for a in presented_form]
     extensions: list[dict[str, Any]] = []
     if result.fairness is not None:
         extensions.append(fairness_extension(result.fairness.to_json()))
@@ -482,3 +502,22 @@ def report_bundle(
         entries.append(entry)
     bundle = {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
     return resource_json(validate_resource(Bundle, bundle, path="Bundle"))
+
+
+def report_attachments(
+    *, png: bytes | None = None, pdf: bytes | None = None, created: datetime, title: str
+) -> list[dict[str, Any]]:
+    """`DiagnosticReport.presentedForm` Attachments for the rendered ECG (base64 inline)."""
+    out: list[dict[str, Any]] = []
+    for content_type, data, suffix in (("image/png", png, "PNG"), ("application/pdf", pdf, "PDF")):
+        if data:
+            out.append(
+                {
+                    "contentType": content_type,
+                    "data": base64.b64encode(data).decode("ascii"),
+                    "size": len(data),
+                    "title": f"{title} ({suffix})",
+                    "creation": _instant(created),
+                }
+            )
+    return out

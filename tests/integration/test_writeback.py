@@ -52,6 +52,27 @@ def test_ndjson_sink_writes_each_resource_once(tmp_path: Path, resources: Report
     assert first.report_ref == f"DiagnosticReport/{resources.diagnostic_report.id}"
 
 
+def test_ndjson_sink_replaces_a_changed_resource_in_place(tmp_path: Path) -> None:
+    """Preliminary, then final: the file holds the current version of each id, once."""
+    sample = load_samples()[0]
+    result = Analyzer.load(device="cpu").analyze(sample.record, now=NOW)
+    other = build_report(result, load_samples()[1].record, report_id="other", issued=NOW)
+    prelim = build_report(result, sample.record, report_id="r1", issued=NOW, preliminary=True)
+    final = build_report(result, sample.record, report_id="r1", issued=NOW)
+    sink = NdjsonSink(tmp_path)
+    sink.write(other)
+    sink.write(prelim)
+    assert [r["status"] for r in _lines(tmp_path / "DiagnosticReport.ndjson")] == [
+        "final",
+        "preliminary",
+    ]
+    sink.write(final)
+    sink.write(final)
+    reports = _lines(tmp_path / "DiagnosticReport.ndjson")
+    assert [(r["id"], r["status"]) for r in reports] == [("other", "final"), ("r1", "final")]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_fhir_writer_puts_every_resource_at_its_id(resources: ReportResources) -> None:
     seen: list[tuple[str, str]] = []
 

@@ -1,0 +1,129 @@
+"""FHIR R4 (4.0.1) CapabilityStatement of ecgbridge's HTTP API (``GET /fhir/metadata``).
+
+Two ``rest`` entries, because ecgbridge plays both parts:
+
+* ``server``: what the API in `integration.api` answers. ``POST [base]/Observation`` (create:
+  an ECG Observation, MDC 131328 with one SampledData component per lead) and ``POST [base]``
+  with a Bundle of them (declared as ``batch``: each entry is taken on its own), both answered
+  ``202 Accepted`` with a ``Location`` to poll; ``GET [base]/StructureDefinition/[id]`` (read)
+  for the published profiles and extensions.
+* ``client``: what ecgbridge writes back to the EHR's FHIR server, each with
+  ``PUT [type]/[id]`` (update-as-create): the DiagnosticReport and its Observations, which
+  declare the project's profiles (``supportedProfile``), the Provenance, and the ED-alert
+  Communication.
+
+``instantiates`` is not used: it names other CapabilityStatements, not profiles. The profiles
+are in ``supportedProfile`` (and ``profile``) of the resources they constrain.
+Pure: the statement is built from its arguments and validated as an R4 model.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from mappers.fhir_json import validate_resource
+from mappers.profiles import AI_OBSERVATION_PROFILE, CANONICAL_ROOT, REPORT_PROFILE
+
+CAPABILITY_URL = f"{CANONICAL_ROOT}/CapabilityStatement/ecgbridge"
+FHIR_VERSION = "4.0.1"
+
+
+def _interactions(*codes: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"code": code, "documentation": doc} for code, doc in codes]
+
+
+def capability_statement(
+    *, software_version: str, base_url: str, date: datetime, bearer_auth: bool = False
+) -> CapabilityStatement:
+    """The statement for an ecgbridge API at `base_url` (``https://host/fhir``); `date` is
+    when it last changed (the app's start); `bearer_auth` when the intake needs a token."""
+    accepted = (
+        "202 Accepted once the ECG is committed, with a Location (/ecg/<id>) to poll for the "
+        "report; invalid resources get a 422 OperationOutcome naming the element"
+    )
+    server: dict[str, Any] = {
+        "mode": "server",
+        "documentation": "ECG intake (asynchronous: the report is written back to the EHR).",
+        "resource": [
+            {
+                "type": "Observation",
+                "documentation": (
+                    "A resting 12-lead ECG: code MDC 131328 (MDC_ECG_ELEC_POTL), one component "
+                    "per lead with valueSampledData (R4 period or R5 interval accepted)."
+                ),
+                "interaction": _interactions(("create", accepted)),
+            },
+            {
+                "type": "StructureDefinition",
+                "documentation": "The profiles and extensions ecgbridge publishes.",
+                "interaction": _interactions(("read", "The JSON file as published.")),
+            },
+        ],
+        "interaction": _interactions(
+            (
+                "batch",
+                "POST [base] with a Bundle (any type) of ECG Observations and their Patients; "
+                "each ECG is taken on its own. " + accepted,
+            )
+        ),
+    }
+    if bearer_auth:
+        server["security"] = {
+            "description": "The intake needs an Authorization: Bearer token.",
+        }
+    written = "PUT [type]/[id] (update-as-create, deterministic id: a retry never duplicates)"
+    client: dict[str, Any] = {
+        "mode": "client",
+        "documentation": "Write-back of results to the EHR's FHIR server.",
+        "resource": [
+            {
+                "type": "DiagnosticReport",
+                "profile": REPORT_PROFILE,
+                "supportedProfile": [REPORT_PROFILE],
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "Observation",
+                "profile": AI_OBSERVATION_PROFILE,
+                "supportedProfile": [AI_OBSERVATION_PROFILE],
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "Provenance",
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "Communication",
+                "documentation": "ED alert for a high-risk result (when alerts are configured).",
+                "interaction": _interactions(("update", written)),
+            },
+        ],
+    }
+    when = date if date.tzinfo else date.replace(tzinfo=UTC)
+    data: dict[str, Any] = {
+        "resourceType": "CapabilityStatement",
+        "id": "ecgbridge",
+        "url": CAPABILITY_URL,
+        "version": software_version,
+        "name": "EcgbridgeCapabilityStatement",
+        "title": "ecgbridge ECG decision support",
+        "status": "active",
+        "experimental": False,
+        "date": when.isoformat(),
+        "publisher": "ecgbridge",
+        "description": (
+            "ECG decision support plugin: takes resting 12-lead ECGs as FHIR R4 Observations "
+            "and writes back an AI DiagnosticReport (acute MI / occlusion triage). Not a "
+            "diagnosis."
+        ),
+        "kind": "instance",
+        "software": {"name": "ecgbridge", "version": software_version},
+        "implementation": {"description": "ecgbridge HTTP API", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [server, client],
+    }
+    return validate_resource(CapabilityStatement, data, path="CapabilityStatement")
