@@ -2,7 +2,8 @@
 
     ecgbridge serve [--worker]        MLLP + HTTP listeners (and a worker, for one machine)
     ecgbridge worker                  a Celery worker that analyses queued ECGs
-    ecgbridge analyze FILE... [--json] analyse files offline and write their reports
+    ecgbridge analyze FILE... [--json] [--picture DIR] [--no-explain]
+                                      analyse files offline and write their reports
     ecgbridge train                   train the model on PTB-XL folds 1-8 (select on fold 9)
     ecgbridge evaluate --data DIR [--folds 9] --out FILE.json
     ecgbridge demo                    run the whole flow on embedded defaults
@@ -47,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse ECG files offline and write their reports")
     a.add_argument("files", nargs="+", type=Path)
     a.add_argument("--json", action="store_true", help="one JSON object per input line")
+    a.add_argument(
+        "--picture",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the rendered ECG (PNG, attributions shaded, counterfactual overlaid) here",
+    )
+    a.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="triage only: no attributions, counterfactual, rule or measurements",
+    )
 
     t = sub.add_parser("train", help="train the model (folds 1-8, select on fold 9)")
     t.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -104,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return _worker(settings)
         if args.command == "analyze":
-            return _analyze(settings, args.files, as_json=args.json)
+            return _analyze(
+                settings,
+                args.files,
+                as_json=args.json,
+                picture_dir=args.picture,
+                explain=settings.explain and not args.no_explain,
+            )
         if args.command == "train" and args.site_labels is not None:
             return _site_finetune(args.site_labels, args.out, args.site, args.seed)
         if args.command == "train":
@@ -177,16 +196,29 @@ def _worker(settings: Settings) -> int:
     return 0
 
 
-def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
+def _analyze(
+    settings: Settings,
+    files: list[Path],
+    *,
+    as_json: bool,
+    picture_dir: Path | None,
+    explain: bool,
+) -> int:
     from inference.analyzer import Analyzer
     from integration.files import read_ecg_file
     from integration.pipeline import analyse_and_write
-    from integration.tasks import make_writer
+    from integration.tasks import make_explaining, make_writer
 
     inputs = [ecg for path in files for ecg in read_ecg_file(path)]
     analyzer = Analyzer.load(
         device=settings.device, group_thresholds=settings.fairness_group_thresholds
     )
+    report_png = settings.report_png or picture_dir is not None
+    explaining = make_explaining(
+        settings.model_copy(update={"explain": explain, "report_png": report_png}), analyzer
+    )
+    if picture_dir is not None:
+        picture_dir.mkdir(parents=True, exist_ok=True)
     writer = make_writer(settings)
     try:
         for ecg in inputs:
@@ -196,9 +228,13 @@ def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
                 analyzer=analyzer,
                 writer=writer,
                 now=datetime.now(UTC),
+                explaining=explaining,
             )
             result, written = done.result, done.written
             source = str(ecg.path) + (f"#{ecg.entry}" if ecg.entry else "")
+            if picture_dir is not None and done.picture_png is not None:
+                name = ecg.path.name + (f"-{ecg.entry}" if ecg.entry else "")
+                (picture_dir / f"{_safe_name(name)}.png").write_bytes(done.picture_png)
             if as_json:
                 out = {"source": source, **result.to_json(), "report": written.report_ref}
                 print(json.dumps(out), flush=True)
@@ -216,6 +252,10 @@ def _analyze(settings: Settings, files: list[Path], *, as_json: bool) -> int:
     if not as_json:
         print(f"reports written to {written.location}" if inputs else "no ECGs found")
     return 0
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _train(data: Path, out: Path, seed: int, epochs: int | None) -> int:

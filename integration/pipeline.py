@@ -8,10 +8,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from inference.analyzer import Analyzer
+from inference.explain.explainer import Explainer, Explanation
 from inference.record import EcgRecord
 from inference.result import AnalysisResult
 from integration import auditing, failpoints
@@ -20,8 +22,10 @@ from integration.auditing import Auditor
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
 from integration.writeback import ReportWriter, Written
+from mappers.ecg_picture import Highlight, render_ecg_pdf, render_ecg_png
 from mappers.errors import MappingError
 from mappers.fhir_r4 import build_report
+from mappers.fhir_report import report_attachments
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,76 @@ class Analysed:
     written: Written
     model_ms: float
     writeback_ms: float
+    #: Explanations and the picture (0 when off); the preliminary write is in writeback_ms.
+    explain_ms: float = 0.0
+    picture_ms: float = 0.0
+    #: The rendered ECG (PNG) when pictures are on: for `ecgbridge analyze --picture`.
+    picture_png: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explaining:
+    """What the report gets beyond triage: explanations (`inference.explain`) and the ECG
+    picture on standard paper, as PNG and/or PDF in ``presentedForm``."""
+
+    explainer: Explainer | None
+    png: bool = True
+    pdf: bool = True
+
+
+def _explain(
+    explaining: Explaining, record: EcgRecord, result: AnalysisResult
+) -> Explanation | None:
+    if explaining.explainer is None or not result.analysed:
+        return None
+    try:
+        return explaining.explainer.explain(record)
+    except Exception:  # an explanation must never cost the ECG its report
+        log.exception("explanation of %s failed; the report goes out without it", record.record_id)
+        return None
+
+
+def _picture(
+    explaining: Explaining,
+    record: EcgRecord,
+    result: AnalysisResult,
+    explanation: Explanation | None,
+    issued: datetime,
+) -> tuple[list[dict[str, Any]], bytes | None]:
+    if not (explaining.png or explaining.pdf):
+        return [], None
+    highlights = [
+        Highlight(h.lead, h.start_s, h.end_s, h.label)
+        for h in (explanation.highlights if explanation is not None else ())
+        if h.lead in record.lead_names
+    ]
+    cf = None if explanation is None else explanation.counterfactual
+    overlay = explanation.edited_signals_mv if explanation is not None and cf and cf.edits else None
+    tri = result.triage
+    title = (
+        f"{record.record_id}: not analysed"
+        if tri is None
+        else f"{record.record_id}: MI/injury p={tri.probability:.2f} "
+        f"({'POSITIVE' if tri.positive else 'negative'}); AI decision support, not a diagnosis"
+    )
+    args = (record.signals_mv, record.fs_hz, record.lead_names)
+    try:
+        png = render_ecg_png(*args, highlights=highlights, overlay=overlay, title=title)
+        pdf = (
+            render_ecg_pdf(*args, highlights=highlights, overlay=overlay, title=title)
+            if explaining.pdf
+            else None
+        )
+    except Exception:
+        log.exception("rendering %s failed; the report goes out without it", record.record_id)
+        return [], None
+    attachments = report_attachments(
+        png=png if explaining.png else None,
+        pdf=pdf,
+        created=issued,
+        title="12-lead ECG, 25 mm/s, 10 mm/mV, attributed segments shaded, counterfactual in blue",
+    )
+    return attachments, png
 
 
 def analyse_and_write(
@@ -57,28 +131,62 @@ def analyse_and_write(
     now: datetime,
     alerts: AlertSender | None = None,
     ecg_id: str | None = None,
+    explaining: Explaining | None = None,
 ) -> Analysed:
     """Analyse one record and write its report (shared by the worker and the CLI).
 
     A high-risk triage result raises the ED alert at once, before the report is built and
-    written (and before any explanation work): the alert never waits for them."""
+    written (and before any explanation work): the alert never waits for them. With
+    `explaining`, the triage report is first written ``preliminary``; the explanations,
+    measurements and picture follow in the same resources, written again as ``final`` (a
+    new version of the same DiagnosticReport)."""
     t0 = time.perf_counter()
     result = analyzer.analyze(record, now=now)
+    report_id = report_identity(idem_key, analyzer.model_version)
     if alerts is not None:
-        report_ref = f"DiagnosticReport/{report_identity(idem_key, analyzer.model_version)}"
-        alerts.send_alert(result, record, report_ref, ecg_id=ecg_id)
+        alerts.send_alert(result, record, f"DiagnosticReport/{report_id}", ecg_id=ecg_id)
     t1 = time.perf_counter()
+    prelim_ms = explain_ms = picture_ms = 0.0
+    attachments: list[dict[str, Any]] = []
+    png: bytes | None = None
+    if explaining is not None:
+        if explaining.explainer is not None and result.analysed:
+            failpoints.hit("before_writeback")
+            writer.write(
+                build_report(result, record, report_id=report_id, issued=now, preliminary=True)
+            )
+        t_pre = time.perf_counter()
+        prelim_ms = (t_pre - t1) * 1000.0
+        explanation = _explain(explaining, record, result)
+        if explanation is not None:
+            result = replace(
+                result,
+                measurements=None
+                if explanation.measurements is None
+                else dict(explanation.measurements),
+                explanation=dict(explanation.to_json()),
+            )
+        t_exp = time.perf_counter()
+        explain_ms = (t_exp - t_pre) * 1000.0
+        attachments, png = _picture(explaining, record, result, explanation, now)
+        picture_ms = (time.perf_counter() - t_exp) * 1000.0
+    t2 = time.perf_counter()
     resources = build_report(
-        result,
-        record,
-        report_id=report_identity(idem_key, analyzer.model_version),
-        issued=now,
+        result, record, report_id=report_id, issued=now, presented_form=attachments
     )
     failpoints.hit("before_writeback")
     written = writer.write(resources)
     failpoints.hit("after_writeback")
-    t2 = time.perf_counter()
-    return Analysed(result, written, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+    t3 = time.perf_counter()
+    return Analysed(
+        result,
+        written,
+        model_ms=(t1 - t0) * 1000.0,
+        writeback_ms=prelim_ms + (t3 - t2) * 1000.0,
+        explain_ms=explain_ms,
+        picture_ms=picture_ms,
+        picture_png=png,
+    )
 
 
 def process_item(
@@ -91,6 +199,7 @@ def process_item(
     max_attempts: int = 5,
     audit: Auditor | None = None,
     alerts: AlertSender | None = None,
+    explaining: Explaining | None = None,
 ) -> Outcome:
     item = inbox.get(item_id)
     if item is None:
@@ -132,11 +241,14 @@ def process_item(
         now=clock(),
         alerts=alerts,
         ecg_id=item_id,
+        explaining=explaining,
     )
     timings = {
         "queue_wait_ms": (started - item.received_at).total_seconds() * 1000.0,
         "decode_ms": decode_ms,
         "model_ms": done.model_ms,
+        "explain_ms": done.explain_ms,
+        "picture_ms": done.picture_ms,
         "writeback_ms": done.writeback_ms,
     }
     body = done.result.to_json() | {"timings_ms": {k: round(v, 2) for k, v in timings.items()}}

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     #: Use the fairness model's per sex x age band MI thresholds (never above the shipped
     #: one; MODEL_CARD.md, fairness) instead of the single shipped threshold.
     fairness_group_thresholds: bool = False
+    #: Explanations (attributions, counterfactual, rule, measurements) in every report; the
+    #: triage report is written "preliminary" first, so the ED never waits for them.
+    explain: bool = True
+    #: The ECG on standard paper in DiagnosticReport.presentedForm, as PNG and/or PDF.
+    report_png: bool = True
+    report_pdf: bool = True
     task_max_retries: int = Field(default=8, ge=0)
     #: How often `serve` looks for accepted-but-unfinished ECGs to queue again.
     reconcile_interval_s: float = Field(default=30.0, gt=0)

@@ -27,7 +27,7 @@ from integration.audit import AuditLog, AuditStoreError
 from integration.celery_app import ANALYZE_TASK
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
-from integration.pipeline import process_item
+from integration.pipeline import Explaining, process_item
 from integration.settings import Settings
 from integration.smart import BackendServicesAuth, get_smart_settings
 from integration.writeback import FhirServerWriter, NdjsonSink, ReportWriter
@@ -70,6 +70,16 @@ def smart_auth() -> BackendServicesAuth | None:
     )
 
 
+def make_explaining(settings: Settings, analyzer: Analyzer) -> Explaining | None:
+    """Explanations and pictures as the settings ask (None: triage-only reports)."""
+    if not (settings.explain or settings.report_png or settings.report_pdf):
+        return None
+    from inference.explain.explainer import Explainer
+
+    explainer = Explainer.load(analyzer) if settings.explain else None
+    return Explaining(explainer, png=settings.report_png, pdf=settings.report_pdf)
+
+
 def make_alert_sender(settings: Settings, audit: AuditLog) -> AlertSender | None:
     alert_settings = get_alert_settings()
     if not alert_settings.enabled:
@@ -90,6 +100,7 @@ class _WorkerState:
         self.inbox = Inbox.from_url(settings.effective_database_url, cipher=self.audit.cipher)
         self.writer = make_writer(settings)
         self.alerts = make_alert_sender(settings, self.audit)
+        self.explaining = make_explaining(settings, self.analyzer)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -130,6 +141,7 @@ def register(app: Celery, settings: Settings) -> None:
                 max_attempts=settings.task_max_retries + UNKNOWN_ERROR_ATTEMPTS,
                 audit=s.audit,
                 alerts=s.alerts,
+                explaining=s.explaining,
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)

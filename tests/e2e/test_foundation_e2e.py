@@ -9,6 +9,7 @@ sent: subject, model version, and probabilities equal to the model's own output.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tests.support.processes import (
 )
 
 pytestmark = pytest.mark.e2e
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "mappers" / "profiles"
 
 
 @dataclass
@@ -50,13 +52,22 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, fresh_postgres_url: str) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e")
-    with RedisServer(tmp / "redis.log") as redis, FhirServerProcess() as fhir:
+    # The FHIR server enforces the project's profiles: every report the pipeline writes
+    # (preliminary and final) must conform to them.
+    with (
+        RedisServer(tmp / "redis.log") as redis,
+        FhirServerProcess(profiles_dir=PROFILES_DIR) as fhir,
+    ):
         env = ecgbridge_env(
             broker_url=redis.url,
             database_url=fresh_postgres_url,
             fhir_base_url=fhir.base_url,
             data_dir=str(tmp / "var"),
             out_dir=str(tmp / "var" / "out"),
+            # the product's defaults: explanations and the ECG picture in every report
+            explain="true",
+            report_png="true",
+            report_pdf="true",
         )
         with (
             EcgbridgeWorker(env, tmp / "worker.log") as worker,
@@ -82,7 +93,8 @@ def _read_report(stack: Stack, report_id: str, timeout_s: float = 120) -> dict[s
     def ready() -> bool:
         assert stack.worker.alive(), stack.worker.log_tail()
         resp = httpx.get(url, timeout=5)
-        if resp.status_code == 200:
+        # "preliminary" (triage) comes first; "final" once the explanations are added
+        if resp.status_code == 200 and resp.json()["status"] == "final":
             found.update(resp.json())
             return True
         return False
@@ -205,6 +217,40 @@ def test_fhir_bundle_over_http_gets_its_report(
     report_id = status["report"].split("/")[1]
     report = _read_report(stack, report_id)
     _check_report(stack, report, sample, analyzer)
+
+
+def test_the_report_is_preliminary_first_then_final_with_its_explanation(
+    stack: Stack, samples: list[Sample], analyzer: Analyzer
+) -> None:
+    """The triage report is written at once as "preliminary"; the same DiagnosticReport is
+    updated to "final" with the explanation, the fairness check, the measurements and the
+    ECG picture (PNG and PDF): two versions on the FHIR server."""
+    sample = next(s for s in samples if s.label.startswith("MI"))
+    control_id = "E2EX" + datetime.now(UTC).strftime("%H%M%S%f")
+    message = build_oru_r01(sample.record, control_id=control_id, now=datetime.now(UTC))
+    with MllpClient("127.0.0.1", stack.serve.mllp_port) as client:
+        assert ack_code(client.send(message)) == "AA"
+    report_id = report_identity(f"hl7:WARD|{control_id}", analyzer.model_version)
+    report = _read_report(stack, report_id)
+    history = httpx.get(
+        f"{stack.fhir.base_url}/DiagnosticReport/{report_id}/_history", timeout=5
+    ).json()
+    statuses = [e["resource"]["status"] for e in history["entry"]]
+    assert statuses[-1] == "preliminary" and statuses[0] == "final", statuses  # newest first
+    prelim = history["entry"][-1]["resource"]
+    assert "presentedForm" not in prelim
+    urls = {e["url"].rsplit("/", 1)[1]: e for e in report["extension"]}
+    assert set(urls) == {"ecg-fairness-check", "ecg-explanation"}
+    parts = {e["url"] for e in urls["ecg-explanation"]["extension"]}
+    assert {"method", "modelVersion", "attribution", "counterfactual"} <= parts
+    forms = {f["contentType"]: f for f in report["presentedForm"]}
+    assert base64.b64decode(forms["image/png"]["data"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64decode(forms["application/pdf"]["data"])[:5] == b"%PDF-"
+    obs = _result_observations(stack, report)
+    hr = obs[f"{report_id}-hr"]
+    assert hr["code"]["coding"][0]["code"] == "8867-4"
+    assert 30 <= hr["valueQuantity"]["value"] <= 200
+    assert f"{report_id}-st-levels" in obs
 
 
 def test_bad_hl7_gets_a_negative_ack_and_the_listener_keeps_serving(stack: Stack) -> None:

@@ -129,3 +129,67 @@ def test_retrying_items_are_not_mistaken_for_poison(
         item_id, inbox=inbox, analyzer=analyzer, writer=FakeWriter(Journal()), max_attempts=3
     )
     assert outcome.status is Status.DONE
+
+
+class KeepingWriter(FakeWriter):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.written: list[ReportResources] = []
+
+    def write(self, resources: ReportResources) -> Written:
+        self.written.append(resources)
+        return super().write(resources)
+
+
+def test_with_explanations_the_alert_and_a_preliminary_report_come_first(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    from inference.explain.explainer import Explainer
+    from integration.pipeline import Explaining, analyse_and_write
+
+    journal = Journal()
+    writer = KeepingWriter(journal)
+    done = analyse_and_write(
+        positive.record,
+        idem_key="hl7:WARD|PX",
+        analyzer=analyzer,
+        writer=writer,
+        now=NOW,
+        alerts=FakeAlerts(journal),  # type: ignore[arg-type]
+        explaining=Explaining(Explainer.load(analyzer), png=True, pdf=False),
+    )
+    assert journal.steps[0].startswith("alert:") and journal.steps[1:] == ["write", "write"]
+    prelim, final = (w.diagnostic_report for w in writer.written)
+    assert prelim.id == final.id
+    assert (prelim.status, final.status) == ("preliminary", "final")
+    assert not prelim.presentedForm
+    assert final.presentedForm is not None
+    assert [a.contentType for a in final.presentedForm] == ["image/png"]
+    assert done.picture_png is not None and done.picture_png[:4] == b"\x89PNG"
+    assert done.result.explanation is not None and done.result.measurements is not None
+    assert done.explain_ms > 0 and done.picture_ms > 0
+    ext = {str(e.url).rsplit("/", 1)[1] for e in final.extension or []}
+    assert ext == {"ecg-fairness-check", "ecg-explanation"}
+    ext_pre = {str(e.url).rsplit("/", 1)[1] for e in prelim.extension or []}
+    assert ext_pre == {"ecg-fairness-check"}
+
+
+def test_a_failing_explainer_never_costs_the_report(analyzer: Analyzer, positive: Sample) -> None:
+    from integration.pipeline import Explaining, analyse_and_write
+
+    class Broken:
+        def explain(self, record: EcgRecord) -> None:
+            raise RuntimeError("boom")
+
+    journal = Journal()
+    writer = KeepingWriter(journal)
+    done = analyse_and_write(
+        positive.record,
+        idem_key="hl7:WARD|PY",
+        analyzer=analyzer,
+        writer=writer,
+        now=NOW,
+        explaining=Explaining(Broken(), png=False, pdf=False),  # type: ignore[arg-type]
+    )
+    assert [w.diagnostic_report.status for w in writer.written] == ["preliminary", "final"]
+    assert done.result.explanation is None and done.result.triage is not None

@@ -141,10 +141,16 @@ class RedisServer(_Process):
         wait_until(pong, timeout_s=20, what="redis-server")
 
 
+#: Explanations and pictures cost 1-2 s of CPU per ECG; tests about queues, faults and load
+#: turn them off unless they say otherwise (tests/e2e/test_foundation_e2e.py runs them on).
+_FAST = {"explain": "false", "report_png": "false", "report_pdf": "false"}
+
+
 def ecgbridge_env(**settings: str) -> dict[str, str]:
-    """The environment for an ecgbridge child: this one without ECGBRIDGE_*, plus settings."""
+    """The environment for an ecgbridge child: this one without ECGBRIDGE_*, plus settings
+    (explanations and report pictures off unless given)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECGBRIDGE_")}
-    env.update({f"ECGBRIDGE_{k.upper()}": v for k, v in settings.items()})
+    env.update({f"ECGBRIDGE_{k.upper()}": v for k, v in (_FAST | settings).items()})
     return env
 
 

@@ -1,0 +1,35 @@
+"""Explanations of the triage decision (issue 7): integrated-gradient attributions per
+(lead, segment), a counterfactual ST/T edit that flips the decision, and distilled IF-THEN
+rules that explain the counterfactual explainer. Entry point: `Explainer`."""
+
+from inference.explain.attribution import Attribution, DeletionResult, deletion_test
+from inference.explain.counterfactual import MAX_ST_SHIFT_MV, MAX_T_DELTA_MV, Edit
+from inference.explain.explainer import (
+    Counterfactual,
+    ExplainConf,
+    Explainer,
+    Explanation,
+    HighlightSpan,
+    measure,
+)
+from inference.explain.rules import RulesError, RuleTree, load_rules
+from inference.explain.segments import measurements
+
+__all__ = [
+    "MAX_ST_SHIFT_MV",
+    "MAX_T_DELTA_MV",
+    "Attribution",
+    "Counterfactual",
+    "DeletionResult",
+    "Edit",
+    "ExplainConf",
+    "Explainer",
+    "Explanation",
+    "HighlightSpan",
+    "RuleTree",
+    "RulesError",
+    "deletion_test",
+    "load_rules",
+    "measure",
+    "measurements",
+]

@@ -1,0 +1,309 @@
+"""The explanation engine (issue 7) on real PTB-XL records from tests/fixtures/ptbxl_sample.
+
+Explaining a record costs about 2 s of CPU, so the module explains three records once
+(a negative, a strong positive and a borderline positive of the shipped model) and the tests
+share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from inference.analyzer import Analyzer
+from inference.delineation import delineate
+from inference.errors import EcgValidationError
+from inference.explain import (
+    MAX_ST_SHIFT_MV,
+    MAX_T_DELTA_MV,
+    Explainer,
+    Explanation,
+    RulesError,
+    RuleTree,
+    measure,
+)
+from inference.explain.attribution import remove_units
+from inference.explain.counterfactual import logit_threshold, round_away
+from inference.explain.rules import feature_names, load_rules
+from inference.explain.segments import (
+    EDGE_MS,
+    SEGMENTS,
+    model_grid,
+    st_shape,
+    t_shape,
+)
+from inference.preprocess import PreprocessConf, preprocess
+from inference.record import LEADS_12, EcgRecord
+
+#: Records of the fixture: ptbxl-193 (normal), ptbxl-9480 (inferior MI, p ~ 0.92),
+#: ptbxl-6615 (borderline positive, p ~ 0.41).
+CHOSEN = ("ptbxl-193", "ptbxl-9480", "ptbxl-6615")
+BOUNDS = {"ST": MAX_ST_SHIFT_MV, "T": MAX_T_DELTA_MV}
+CONTRACT_KEYS = {
+    "attributions",
+    "counterfactual",
+    "rule",
+    "rule_fidelity",
+    "method",
+    "seconds",
+    "reason",
+}
+
+
+@pytest.fixture(scope="module")
+def explainer(analyzer: Analyzer) -> Explainer:
+    torch.set_num_threads(1)
+    return Explainer.load(analyzer)
+
+
+@pytest.fixture(scope="module")
+def chosen(sample_records: list[EcgRecord]) -> list[EcgRecord]:
+    by_id = {r.record_id: r for r in sample_records}
+    return [by_id[i] for i in CHOSEN]
+
+
+@pytest.fixture(scope="module")
+def explained(explainer: Explainer, chosen: list[EcgRecord]) -> list[Explanation]:
+    return [explainer.explain(r) for r in chosen]
+
+
+def test_edit_shapes_are_smooth_and_reach_one(chosen: list[EcgRecord]) -> None:
+    record = chosen[0]
+    delin = delineate(record.signals_mv, record.fs_hz, LEADS_12)
+    edge = EDGE_MS * record.fs_hz / 1000.0
+    # a raised cosine of `edge` samples rises at most pi / (2 * edge) per sample
+    max_step = math.pi / (2 * edge) * 1.01
+    for shape in (
+        st_shape(delin.beats, record.n_samples, record.fs_hz),
+        t_shape(delin.beats, record.n_samples, record.fs_hz),
+    ):
+        assert shape.min() >= 0.0
+        assert shape.max() == pytest.approx(1.0, abs=0.03)
+        assert np.abs(np.diff(shape)).max() <= max_step
+        assert shape[0] == 0.0 and shape[-1] == 0.0
+    # the ST shape is 1 at J + 60 ms of every beat with a T onset: delta_mv is the ST change
+    st = st_shape(delin.beats, record.n_samples, record.fs_hz)
+    j60 = delin.beats.qrs_off + round(0.06 * record.fs_hz)
+    assert np.allclose(st[j60[delin.beats.t_on > 0]], 1.0)
+
+
+def test_model_grid_matches_preprocess() -> None:
+    conf = PreprocessConf()
+    for fs, n in ((500.0, 5000), (500.0, 7000), (250.0, 1500), (100.0, 1000)):
+        grid = model_grid(fs, n, conf)
+        impulse = np.zeros((1, n), dtype=np.float32)
+        i = n // 2 + 37
+        impulse[0, i] = 1.0
+        out = preprocess(impulse, fs, dataclasses.replace(conf, low_hz=0.5, high_hz=40.0))
+        assert abs(int(np.argmax(np.abs(out[0]))) - int(grid.to_model([i])[0])) <= 1
+
+
+def test_attributions_sorted_and_sum_at_most_one(explained: list[Explanation]) -> None:
+    for ex in explained:
+        shares = [a.share for a in ex.all_attributions]
+        assert shares == sorted(shares, reverse=True)
+        assert 0.5 < sum(shares) <= 1.0 + 1e-9
+        assert all(0.0 <= s <= 1.0 for s in shares)
+        assert ex.attributions == ex.all_attributions[: len(ex.attributions)]
+        assert set(ex.territory_attributions) == {"anterior", "inferior", "lateral"}
+        # completeness: the attributions add up to f(x) - f(0) up to the quadrature error
+        assert ex.ig_gap is not None and abs(ex.ig_gap) < 0.5
+        for span in ex.highlights:
+            assert span.lead in LEADS_12 and 0.0 <= span.start_s < span.end_s <= 10.0
+
+
+def test_counterfactual_edits_stay_in_bounds_and_smooth(
+    explained: list[Explanation], chosen: list[EcgRecord]
+) -> None:
+    for ex, record in zip(explained, chosen, strict=True):
+        cf = ex.counterfactual
+        assert cf is not None and cf.edits
+        assert len({(e.lead, e.segment) for e in cf.edits}) == len(cf.edits)
+        for e in cf.edits:
+            assert 0.0 < abs(e.delta_mv) <= BOUNDS[e.segment]
+            assert e.delta_mv == round(e.delta_mv, 2)
+        assert ex.edited_signals_mv is not None
+        assert ex.edited_signals_mv.shape == record.signals_mv.shape
+        assert ex.edited_signals_mv.dtype == np.float32
+        diff = ex.edited_signals_mv.astype(np.float64) - record.signals_mv
+        edited_leads = {LEADS_12.index(e.lead) for e in cf.edits}
+        untouched = [i for i in range(12) if i not in edited_leads]
+        assert np.abs(diff[untouched]).max() < 1e-6
+        largest = max(abs(e.delta_mv) for e in cf.edits)
+        # no jump: at 500 Hz a 20 ms raised cosine of d mV steps at most d * pi / 20 a sample
+        assert np.abs(np.diff(diff, axis=1)).max() <= 2 * largest * math.pi / 20 + 1e-4
+        # the edit reaches its stated size: the largest change equals the largest delta
+        assert np.abs(diff).max() == pytest.approx(largest, abs=0.02)
+
+
+def test_valid_counterfactual_flips_the_analyzers_own_decision(
+    explained: list[Explanation], chosen: list[EcgRecord], analyzer: Analyzer
+) -> None:
+    n_valid = 0
+    for ex, record in zip(explained, chosen, strict=True):
+        cf = ex.counterfactual
+        assert cf is not None
+        before = analyzer.analyze(record).triage
+        assert before is not None
+        assert cf.original_probability == pytest.approx(before.probability, abs=1e-5)
+        assert ex.edited_signals_mv is not None
+        after = analyzer.analyze(
+            dataclasses.replace(record, signals_mv=ex.edited_signals_mv, record_id="edited")
+        ).triage
+        assert after is not None
+        assert after.probability == pytest.approx(cf.new_probability, abs=1e-6)
+        assert cf.valid == (after.positive != before.positive)
+        n_valid += cf.valid
+    assert n_valid >= 2
+
+
+def test_deletion_of_top_segments_moves_the_output_more(
+    explainer: Explainer, explained: list[Explanation], chosen: list[EcgRecord]
+) -> None:
+    pairs = zip(chosen, explained, strict=True)
+    results = [explainer.deletion(r, ex, k=3, n_random=8) for r, ex in pairs]
+    assert all(res is not None for res in results)
+    top = np.mean([res.top_change for res in results if res is not None])
+    rnd = np.mean([res.random_change for res in results if res is not None])
+    assert top > rnd
+
+
+def test_remove_units_interpolates_the_segment() -> None:
+    x = np.tile(np.arange(20, dtype=np.float32), (12, 1))
+    x[3, 5:9] = 100.0
+    labels = np.full(20, -1, dtype=np.int8)
+    labels[5:9] = 2
+    out = remove_units(x, labels, [(3, 2)])
+    assert np.allclose(out[3], np.arange(20))
+    assert np.array_equal(out[[0, 1, 2, 4]], x[[0, 1, 2, 4]])
+
+
+def test_to_json_matches_the_contract(explained: list[Explanation]) -> None:
+    for ex in explained:
+        data = json.loads(json.dumps(ex.to_json()))
+        assert set(data) == CONTRACT_KEYS
+        assert data["reason"] is None
+        assert isinstance(data["seconds"], float) and data["seconds"] > 0
+        for item in data["attributions"]:
+            assert set(item) == {"lead", "segment", "share"}
+            assert item["segment"] in {s.value for s in SEGMENTS}
+        cf = data["counterfactual"]
+        assert set(cf) == {"edits", "valid", "new_probability", "original_probability", "method"}
+        for e in cf["edits"]:
+            assert set(e) == {"lead", "segment", "delta_mv"}
+            assert e["segment"] in {"ST", "T"}
+        if ex.rule is not None:
+            assert data["rule"].startswith(("IF ", "ALWAYS ")) and "THEN first edit on" in ex.rule
+            assert 0.0 <= data["rule_fidelity"] <= 1.0
+
+
+def test_measurements_contract(chosen: list[EcgRecord]) -> None:
+    m = measure(chosen[0])
+    assert set(m) == {"per_lead", "hr_bpm", "qtc_ms"}
+    assert list(m["per_lead"]) == list(LEADS_12)
+    assert set(m["per_lead"]["V2"]) == {"st_mv", "t_mv", "qrs_ms"}
+    assert m["hr_bpm"] is not None and 40 < m["hr_bpm"] < 150
+
+
+def test_refused_records_give_a_reason(explainer: Explainer, chosen: list[EcgRecord]) -> None:
+    record = chosen[0]
+    flat = record.signals_mv.copy()
+    flat[4] = 0.0  # aVL lead off
+    ex = explainer.explain(dataclasses.replace(record, signals_mv=flat))
+    assert ex.reason is not None and "quality gate" in ex.reason and "aVL" in ex.reason
+    assert ex.counterfactual is None and ex.attributions == ()
+    assert ex.to_json()["counterfactual"] is None
+    # a rate the delineation cannot work with: a reason, not an exception
+    slow = EcgRecord(
+        signals_mv=np.ascontiguousarray(record.signals_mv[:, ::6]),
+        lead_names=LEADS_12,
+        fs_hz=500.0 / 6,
+        record_id="slow",
+    )
+    ex = explainer.explain(slow)
+    assert ex.reason is not None and "delineation" in ex.reason
+    # a missing precordial lead is a validation error, as in the analyzer
+    five = EcgRecord(
+        signals_mv=np.ascontiguousarray(record.signals_mv[:11]),
+        lead_names=LEADS_12[:11],
+        fs_hz=record.fs_hz,
+        record_id="no-v6",
+    )
+    with pytest.raises(EcgValidationError):
+        explainer.explain(five)
+
+
+def test_derived_limb_leads_are_not_edited(explainer: Explainer, chosen: list[EcgRecord]) -> None:
+    record = chosen[2]
+    keep = [LEADS_12.index(n) for n in ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")]
+    eight = EcgRecord(
+        signals_mv=np.ascontiguousarray(record.signals_mv[keep]),
+        lead_names=tuple(LEADS_12[i] for i in keep),
+        fs_hz=record.fs_hz,
+        record_id="eight-lead",
+    )
+    ex = explainer.explain(eight, attributions=False)
+    cf = ex.counterfactual
+    assert cf is not None and ex.edited_signals_mv is not None
+    assert ex.edited_signals_mv.shape == (8, record.n_samples)
+    assert {e.lead for e in cf.edits} <= set(eight.lead_names)
+
+
+def test_rule_json_evaluates_like_the_sklearn_tree() -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    names = feature_names()
+    x = rng.normal(size=(300, len(names))).astype(np.float64)
+    x[:, -1] = rng.integers(0, 2, 300)
+    y = np.where(x[:, 3] > 0.2, "V1-V3 ST", np.where(x[:, -1] > 0.5, "aVR T", "V4-V6 T"))
+    y[rng.random(300) < 0.1] = "II/III/aVF ST"
+    clf = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y)
+    tree = RuleTree.from_sklearn(
+        clf, model_version="m", feature_names=names, impute=[0.0] * len(names), fidelity=0.5
+    )
+    again = RuleTree.from_json(json.loads(json.dumps(tree.to_json())))
+    test = rng.normal(size=(500, len(names)))
+    test[:, -1] = rng.integers(0, 2, 500)
+    test[::7, 3] = clf.tree_.threshold[0]  # values on a threshold go left in both
+    expected = clf.predict(test)
+    assert [again.predict(v) for v in test] == list(expected)
+    assert all(r.startswith(("IF ", "ALWAYS ")) for r in again.rules())
+    assert len(again.rules()) == clf.get_n_leaves()
+    # a missing value takes the imputation value
+    nan_row = test[0].copy()
+    nan_row[3] = np.nan
+    filled = test[0].copy()
+    filled[3] = 0.0
+    assert again.predict(nan_row) == again.predict(filled)
+
+
+def test_shipped_rules_load_for_the_model(analyzer: Analyzer, explainer: Explainer) -> None:
+    rules = load_rules(analyzer.model_version)
+    assert rules is not None, "run python -m inference.explain.distill to ship the rules"
+    assert explainer.rules == rules
+    assert rules.fidelity is not None and 0.0 <= rules.fidelity <= 1.0
+    assert max(_depth(rules, 0), 0) <= 4
+    with pytest.raises(RulesError):
+        RuleTree.from_json({"format": "other"})
+
+
+def _depth(tree: RuleTree, i: int) -> int:
+    node = tree.nodes[i]
+    if node.feature < 0:
+        return 0
+    return 1 + max(_depth(tree, node.left), _depth(tree, node.right))
+
+
+def test_logit_threshold_and_rounding(analyzer: Analyzer) -> None:
+    meta = analyzer.weights.meta
+    z = logit_threshold(meta.calibration["mi"], meta.thresholds["mi"])
+    cal = meta.calibration["mi"]
+    assert float(cal(z)) >= meta.thresholds["mi"] > float(cal(z - 1e-6))
+    edits = np.array([[0.123, -0.801], [-0.5, 0.0]])
+    assert np.allclose(round_away(edits), [[0.13, -0.8], [-0.5, 0.0]])
