@@ -123,6 +123,16 @@ class Analyzer:
         return self._weights
 
     @property
+    def model(self) -> EcgEnsemble:
+        """The loaded network (eval mode). Callers that need gradients must not change its
+        parameters' ``requires_grad`` state; take gradients w.r.t. the input."""
+        return self._model
+
+    @property
+    def quality_conf(self) -> QualityConf:
+        return self._quality_conf
+
+    @property
     def fairness(self) -> FairnessModel | None:
         return self._fairness
 
