@@ -42,6 +42,7 @@ from inference.errors import EcgBridgeError
 from inference.result import TERRITORY_VESSEL, AnalysisResult
 from integration.audit import AuditEvent, EventKind, Outcome, PatientRef
 from integration.auditing import Auditor
+from mappers.explanation_text import explanation_summary, fairness_summary
 from mappers.fhir_json import SNOMED, resource_json
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,10 @@ class StoredAnalysis:
         positive = set(body.get("territory_positive") or ())
         expl = body.get("explanation")
         if isinstance(expl, Mapping):
-            expl = expl.get("summary") or expl.get("text")
+            expl = expl.get("summary") or explanation_summary(expl)
+        fair = fairness_summary(body.get("fairness"))
+        if fair:
+            expl = f"{expl} {fair}" if isinstance(expl, str) and expl else fair
         return cls(
             ecg_id=ecg_id,
             model_version=str(body.get("model_version") or ""),

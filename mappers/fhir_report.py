@@ -51,6 +51,7 @@ from inference.result import (
     StenosisAssessment,
     TerritoryFinding,
 )
+from mappers.explanation_text import explanation_summary, fairness_summary
 from mappers.fhir_extensions import explanation_extension, fairness_extension
 from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
 from mappers.fhir_measurements import measurement_observations
@@ -289,6 +290,10 @@ def conclusion_text(result: AnalysisResult) -> str:
         )
     else:
         parts.append("Stenosis >70%: not assessed.")
+    fairness = None if result.fairness is None else result.fairness.to_json()
+    for sentence in (explanation_summary(result.explanation), fairness_summary(fairness)):
+        if sentence:
+            parts.append(sentence)
     if not triage.positive:
         parts.append("A negative result does not rule out MI.")
     parts.append(DISCLAIMER)

@@ -369,6 +369,24 @@ def test_stored_analysis_from_the_inbox_result_json() -> None:
     assert a == StoredAnalysis.from_result(
         result, ecg_id="e1", report_ref="DiagnosticReport/x", explanation="ST up"
     )
+    # the explainer's own JSON (no summary key) becomes a sentence on the card
+    explained = result.to_json() | {
+        "explanation": {
+            "attributions": [{"lead": "V2", "segment": "ST", "share": 0.31}],
+            "counterfactual": {
+                "edits": [{"lead": "V2", "segment": "ST", "delta_mv": -0.2}],
+                "valid": True,
+                "original_probability": 0.87,
+                "new_probability": 0.1,
+            },
+        }
+    }
+    c = StoredAnalysis.from_result_json(
+        json.dumps(explained), ecg_id="e3", report_ref=None, analysed_at=None
+    )
+    assert c.explanation == (
+        "Main drivers: V2 ST (31%). What would flip it: V2 ST -0.20 mV (MI probability 87% -> 10%)."
+    )
     refused = AnalysisResult("q", "m", QualityReport(ok=False, problems=("noise",)), None)
     b = StoredAnalysis.from_result_json(
         json.dumps(refused.to_json()), ecg_id="e2", report_ref=None, analysed_at=None
