@@ -8,7 +8,7 @@ NODE_DIR := tests/fhir_server
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node system-deps demo test check lint typecheck bench train evaluate clean
+.PHONY: install node system-deps demo test check lint typecheck bench bench-explain train evaluate fairness clean
 
 install: $(STAMP)
 
@@ -52,6 +52,16 @@ bench: system-deps install node
 	$(BIN)/python -m tests.bench.audit_bench
 	$(BIN)/python -m tests.bench.load --workers 1
 	$(BIN)/python -m tests.bench.load --workers 2
+
+# Explanation quality and speed on all of fold 9 (about 20 min on 2 cores; issue 7).
+bench-explain: install
+	$(BIN)/python -m tests.bench.explain_bench --data-dir ../shared/data/ptbxl --part 0/2 --out var/bench/explain-0.json
+	$(BIN)/python -m tests.bench.explain_bench --data-dir ../shared/data/ptbxl --part 1/2 --out var/bench/explain-1.json
+	$(BIN)/python -m tests.bench.explain_bench --merge var/bench/explain-0.json var/bench/explain-1.json --out var/bench/explain.json
+
+# Refit the back-door / per-group-threshold fairness model on fold 9 (about 20 s; issue 6).
+fairness: install
+	$(BIN)/python -m inference.fairness --data-dir ../shared/data/ptbxl --out inference/weights
 
 train: install
 	$(BIN)/ecgbridge train --data ../shared/data/ptbxl --out inference/weights --seed 0
