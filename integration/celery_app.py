@@ -18,7 +18,11 @@ TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 180
 VISIBILITY_TIMEOUT_S = 3600
 ANALYZE_TASK = "ecgbridge.analyze_ecg"
+EXPLAIN_TASK = "ecgbridge.explain_ecg"
+#: Triage: analysis, ED alert, the preliminary (or only) report. Always drained first.
 QUEUE = "ecgbridge"
+#: Explanations, pictures and the final report: seconds of CPU each, behind triage.
+EXPLAIN_QUEUE = "ecgbridge-explain"
 
 
 def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -72,3 +76,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 def enqueue_analysis(app: Celery, item_id: str, *, priority: int = 5) -> None:
     """Queue one inbox item for analysis (by task name: the sender needs no task code)."""
     app.send_task(ANALYZE_TASK, args=[item_id], queue=QUEUE, priority=priority)
+
+
+def enqueue_explanation(app: Celery, item_id: str) -> None:
+    """Queue the explanation stage of a triaged item (`integration.pipeline.explain_item`)."""
+    app.send_task(EXPLAIN_TASK, args=[item_id], queue=EXPLAIN_QUEUE, priority=5)

@@ -1,7 +1,7 @@
 """The `ecgbridge` command.
 
     ecgbridge serve [--worker]        MLLP + HTTP listeners (and a worker, for one machine)
-    ecgbridge worker                  a Celery worker that analyses queued ECGs
+    ecgbridge worker [--queues all|triage|explain]  a Celery worker for queued ECGs
     ecgbridge analyze FILE... [--json] [--picture DIR] [--no-explain]
                                       analyse files offline and write their reports
     ecgbridge train                   train the model on PTB-XL folds 1-8 (select on fold 9)
@@ -43,7 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the MLLP and HTTP listeners")
     s.add_argument("--worker", action="store_true", help="also run a worker process")
 
-    sub.add_parser("worker", help="run a Celery worker")
+    w = sub.add_parser("worker", help="run a Celery worker")
+    w.add_argument(
+        "--queues",
+        choices=("all", "triage", "explain"),
+        default="all",
+        help="triage: analysis, ED alert, preliminary report (keep some workers on it alone "
+        "so alerts never wait); explain: explanations and the final report; all: both",
+    )
 
     a = sub.add_parser("analyze", help="analyse ECG files offline and write their reports")
     a.add_argument("files", nargs="+", type=Path)
@@ -115,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_serve(settings, args.worker))
             return 0
         if args.command == "worker":
-            return _worker(settings)
+            return _worker(settings, args.queues)
         if args.command == "analyze":
             return _analyze(
                 settings,
@@ -175,10 +182,11 @@ async def _serve(settings: Settings, with_worker: bool) -> None:
     await serve(settings, with_worker=with_worker)
 
 
-def _worker(settings: Settings) -> int:
-    from integration.celery_app import QUEUE, create_app
+def _worker(settings: Settings, queues: str = "all") -> int:
+    from integration.celery_app import EXPLAIN_QUEUE, QUEUE, create_app
     from integration.tasks import register
 
+    names = {"all": [QUEUE, EXPLAIN_QUEUE], "triage": [QUEUE], "explain": [EXPLAIN_QUEUE]}
     app = create_app(settings)
     register(app, settings)
     app.worker_main(
@@ -188,7 +196,9 @@ def _worker(settings: Settings) -> int:
             f"--concurrency={settings.worker_concurrency}",
             "--pool=prefork",
             "-Q",
-            QUEUE,
+            ",".join(names[queues]),
+            "-n",
+            f"{queues}-%i@%h",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -42,6 +42,9 @@ class Sent:
     channel: str
     poll: str
     sent_at: float
+    #: When the triage result (preliminary report, ED alert) was first seen.
+    triaged_at: float | None = None
+    #: When the final report (with explanations and picture) was written.
     done_at: float | None = None
     status: dict[str, Any] | None = None
 
@@ -97,7 +100,12 @@ def _wait_reports(sent: list[Sent], http: httpx.Client) -> None:
             if s.done_at is not None:
                 continue
             resp = http.get(s.poll)
-            if resp.status_code == 200 and resp.json()["status"] in ("done", "dead_letter"):
+            if resp.status_code != 200:
+                continue
+            state = resp.json()["status"]
+            if state in ("triaged", "done") and s.triaged_at is None:
+                s.triaged_at = time.monotonic()
+            if state in ("done", "dead_letter"):
                 s.done_at = time.monotonic()
                 s.status = resp.json()
         time.sleep(0.1)
@@ -106,7 +114,7 @@ def _wait_reports(sent: list[Sent], http: httpx.Client) -> None:
 def _table(sent: list[Sent]) -> str:
     head = (
         f"{'record':<14} {'via':<10} {'cardiologist label':<22} {'MI p':>6} "
-        f"{'triage':<9} {'territory (culprit vessel)':<27} {'s to report':>11}"
+        f"{'triage':<9} {'territory (culprit vessel)':<27} {'s triage':>8} {'s final':>7}"
     )
     lines = [head, "-" * len(head)]
     for s in sent:
@@ -120,10 +128,11 @@ def _table(sent: list[Sent]) -> str:
         )
         prob = f"{tri['probability']:.3f}" if tri else "n/a"
         verdict = ("POSITIVE" if tri["positive"] else "negative") if tri else "refused"
+        first = f"{s.triaged_at - s.sent_at:.2f}" if s.triaged_at is not None else "-"
         secs = f"{s.done_at - s.sent_at:.2f}" if s.done_at is not None else "timeout"
         lines.append(
             f"{s.sample.record.record_id:<14} {s.channel:<10} {s.sample.label:<22} {prob:>6} "
-            f"{verdict:<9} {terr_text:<27} {secs:>11}"
+            f"{verdict:<9} {terr_text:<27} {first:>8} {secs:>7}"
         )
     return "\n".join(lines)
 

@@ -48,6 +48,9 @@ class Status(StrEnum):
     PROCESSING = "processing"
     #: A transient error (FHIR server down, database hiccup); a retry is scheduled.
     RETRYING = "retrying"
+    #: Triage done and written ("preliminary" report, ED alert sent); the explanations and
+    #: the "final" report are queued (`integration.tasks`, the explain queue).
+    TRIAGED = "triaged"
     DONE = "done"
     #: Given up after retries or a permanent error; `error` says why. Never re-queued by
     #: the reconciler; an operator re-queues it after fixing the cause.
@@ -331,6 +334,16 @@ class Inbox:
             error=None,
         )
 
+    def mark_triaged(self, item_id: str, *, result_json: str, report_ref: str) -> None:
+        """The triage result is written (preliminary report); explanations follow."""
+        self._update(
+            item_id,
+            status=Status.TRIAGED.value,
+            result_json=result_json,
+            report_ref=report_ref,
+            error=None,
+        )
+
     def mark_retrying(self, item_id: str, *, error: str) -> None:
         self._update(item_id, status=Status.RETRYING.value, error=error)
 
@@ -346,14 +359,19 @@ class Inbox:
     ) -> list[InboxItem]:
         """Items not yet done or dead-lettered, most urgent and oldest first (for the
         reconciler; payloads are left as stored, encrypted or not). With `older_than`,
-        only accepted/processing items whose last change is before it, and retrying ones
+        only accepted/processing/triaged items whose last change is before it, and retrying ones
         before `retrying_older_than` (their retry is waiting in the broker; only a lost
         one needs queuing again)."""
         c = inbox_table.c
         if older_than is None:
             stmt = select(inbox_table).where(
                 c.status.in_(
-                    [Status.ACCEPTED.value, Status.PROCESSING.value, Status.RETRYING.value]
+                    [
+                        Status.ACCEPTED.value,
+                        Status.PROCESSING.value,
+                        Status.RETRYING.value,
+                        Status.TRIAGED.value,
+                    ]
                 )
             )
         else:
@@ -361,7 +379,13 @@ class Inbox:
             stmt = select(inbox_table).where(
                 or_(
                     and_(
-                        c.status.in_([Status.ACCEPTED.value, Status.PROCESSING.value]),
+                        c.status.in_(
+                            [
+                                Status.ACCEPTED.value,
+                                Status.PROCESSING.value,
+                                Status.TRIAGED.value,
+                            ]
+                        ),
                         c.updated_at < older_than,
                     ),
                     and_(c.status == Status.RETRYING.value, c.updated_at < retry_cut),
@@ -374,15 +398,15 @@ class Inbox:
             return [_item(r) for r in conn.execute(stmt)]
 
     def latest_done_for(self, patient_keys: list[str]) -> InboxItem | None:
-        """The most recently finished ECG of a patient, by the keyed hashes of any of the
-        patient's identifiers."""
+        """The most recently analysed ECG of a patient (triage written, with or without its
+        explanations yet), by the keyed hashes of any of the patient's identifiers."""
         if not patient_keys:
             return None
         stmt = (
             select(inbox_table)
             .where(inbox_table.c.patient_key.in_(patient_keys))
-            .where(inbox_table.c.status == Status.DONE.value)
-            .order_by(inbox_table.c.updated_at.desc())
+            .where(inbox_table.c.status.in_([Status.DONE.value, Status.TRIAGED.value]))
+            .order_by(inbox_table.c.received_at.desc())
             .limit(1)
         )
         return self._one(stmt)

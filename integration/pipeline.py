@@ -122,6 +122,82 @@ def _picture(
     return attachments, png
 
 
+def triage_and_write(
+    record: EcgRecord,
+    *,
+    idem_key: str,
+    analyzer: Analyzer,
+    writer: ReportWriter,
+    now: datetime,
+    alerts: AlertSender | None = None,
+    ecg_id: str | None = None,
+    preliminary: bool = False,
+) -> Analysed:
+    """Analyse one record, raise the ED alert if it is high-risk, and write the triage report
+    (``preliminary`` when explanations will follow). The alert goes out before the report is
+    built and written: it never waits for them."""
+    t0 = time.perf_counter()
+    result = analyzer.analyze(record, now=now)
+    report_id = report_identity(idem_key, analyzer.model_version)
+    if alerts is not None:
+        alerts.send_alert(result, record, f"DiagnosticReport/{report_id}", ecg_id=ecg_id)
+    t1 = time.perf_counter()
+    resources = build_report(
+        result, record, report_id=report_id, issued=now, preliminary=preliminary
+    )
+    failpoints.hit("before_writeback")
+    written = writer.write(resources)
+    failpoints.hit("after_writeback")
+    t2 = time.perf_counter()
+    return Analysed(result, written, model_ms=(t1 - t0) * 1000.0, writeback_ms=(t2 - t1) * 1000.0)
+
+
+def explain_and_write(
+    record: EcgRecord,
+    result: AnalysisResult,
+    *,
+    idem_key: str,
+    writer: ReportWriter,
+    now: datetime,
+    explaining: Explaining,
+) -> Analysed:
+    """Add the explanations, measurements and picture to an analysed record's report and
+    write it ``final`` (the same resource ids as the triage report: a new version)."""
+    t0 = time.perf_counter()
+    explanation = _explain(explaining, record, result)
+    if explanation is not None:
+        result = replace(
+            result,
+            measurements=None
+            if explanation.measurements is None
+            else dict(explanation.measurements),
+            explanation=dict(explanation.to_json()),
+        )
+    t1 = time.perf_counter()
+    attachments, png = _picture(explaining, record, result, explanation, now)
+    t2 = time.perf_counter()
+    resources = build_report(
+        result,
+        record,
+        report_id=report_identity(idem_key, result.model_version),
+        issued=now,
+        presented_form=attachments,
+    )
+    failpoints.hit("before_writeback")
+    written = writer.write(resources)
+    failpoints.hit("after_writeback")
+    t3 = time.perf_counter()
+    return Analysed(
+        result,
+        written,
+        model_ms=0.0,
+        writeback_ms=(t3 - t2) * 1000.0,
+        explain_ms=(t1 - t0) * 1000.0,
+        picture_ms=(t2 - t1) * 1000.0,
+        picture_png=png,
+    )
+
+
 def analyse_and_write(
     record: EcgRecord,
     *,
@@ -133,59 +209,26 @@ def analyse_and_write(
     ecg_id: str | None = None,
     explaining: Explaining | None = None,
 ) -> Analysed:
-    """Analyse one record and write its report (shared by the worker and the CLI).
-
-    A high-risk triage result raises the ED alert at once, before the report is built and
-    written (and before any explanation work): the alert never waits for them. With
-    `explaining`, the triage report is first written ``preliminary``; the explanations,
-    measurements and picture follow in the same resources, written again as ``final`` (a
-    new version of the same DiagnosticReport)."""
-    t0 = time.perf_counter()
-    result = analyzer.analyze(record, now=now)
-    report_id = report_identity(idem_key, analyzer.model_version)
-    if alerts is not None:
-        alerts.send_alert(result, record, f"DiagnosticReport/{report_id}", ecg_id=ecg_id)
-    t1 = time.perf_counter()
-    prelim_ms = explain_ms = picture_ms = 0.0
-    attachments: list[dict[str, Any]] = []
-    png: bytes | None = None
-    if explaining is not None:
-        if explaining.explainer is not None and result.analysed:
-            failpoints.hit("before_writeback")
-            writer.write(
-                build_report(result, record, report_id=report_id, issued=now, preliminary=True)
-            )
-        t_pre = time.perf_counter()
-        prelim_ms = (t_pre - t1) * 1000.0
-        explanation = _explain(explaining, record, result)
-        if explanation is not None:
-            result = replace(
-                result,
-                measurements=None
-                if explanation.measurements is None
-                else dict(explanation.measurements),
-                explanation=dict(explanation.to_json()),
-            )
-        t_exp = time.perf_counter()
-        explain_ms = (t_exp - t_pre) * 1000.0
-        attachments, png = _picture(explaining, record, result, explanation, now)
-        picture_ms = (time.perf_counter() - t_exp) * 1000.0
-    t2 = time.perf_counter()
-    resources = build_report(
-        result, record, report_id=report_id, issued=now, presented_form=attachments
+    """Both stages in one call (the CLI, and workers told to explain in-process): the triage
+    report (``preliminary`` when explanations follow, alert first), then with `explaining`
+    the same report ``final`` with explanations and picture."""
+    first = triage_and_write(
+        record,
+        idem_key=idem_key,
+        analyzer=analyzer,
+        writer=writer,
+        now=now,
+        alerts=alerts,
+        ecg_id=ecg_id,
+        preliminary=explaining is not None,
     )
-    failpoints.hit("before_writeback")
-    written = writer.write(resources)
-    failpoints.hit("after_writeback")
-    t3 = time.perf_counter()
-    return Analysed(
-        result,
-        written,
-        model_ms=(t1 - t0) * 1000.0,
-        writeback_ms=prelim_ms + (t3 - t2) * 1000.0,
-        explain_ms=explain_ms,
-        picture_ms=picture_ms,
-        picture_png=png,
+    if explaining is None:
+        return first
+    second = explain_and_write(
+        record, first.result, idem_key=idem_key, writer=writer, now=now, explaining=explaining
+    )
+    return replace(
+        second, model_ms=first.model_ms, writeback_ms=first.writeback_ms + second.writeback_ms
     )
 
 
@@ -200,13 +243,33 @@ def process_item(
     audit: Auditor | None = None,
     alerts: AlertSender | None = None,
     explaining: Explaining | None = None,
+    explain_later: Callable[[str], None] | None = None,
 ) -> Outcome:
+    """The triage stage of one inbox item (and, with `explaining` but no `explain_later`,
+    the explanation stage in the same call). With `explain_later`, the item is left
+    ``triaged`` after its preliminary report and `explain_later(item_id)` queues the
+    explanation stage (`explain_item`) behind the triage of newer ECGs."""
     item = inbox.get(item_id)
     if item is None:
         raise LookupError(f"inbox item {item_id} does not exist")
     if item.status in (Status.DONE, Status.DEAD_LETTER):
         log.info("inbox item %s already %s; nothing to do", item_id, item.status.value)
         return Outcome(item_id, item.status, item.report_ref, None)
+    if item.status is Status.TRIAGED:
+        # Triage is written; only the explanations are missing (a lost explain task,
+        # re-queued by the reconciler).
+        if explain_later is not None:
+            explain_later(item_id)
+            return Outcome(item_id, Status.TRIAGED, item.report_ref, None)
+        return explain_item(
+            item_id,
+            inbox=inbox,
+            analyzer=analyzer,
+            writer=writer,
+            explaining=explaining,
+            clock=clock,
+            audit=audit,
+        )
     if item.status is Status.PROCESSING and item.attempts >= max_attempts:
         # Still "processing" after this many starts: the earlier attempts died without
         # recording an outcome (worker killed, OOM, time limit). This ECG is poison; park
@@ -233,16 +296,29 @@ def process_item(
             )
         )
     failpoints.hit("before_analysis")
-    done = analyse_and_write(
-        record,
-        idem_key=item.idem_key,
-        analyzer=analyzer,
-        writer=writer,
-        now=clock(),
-        alerts=alerts,
-        ecg_id=item_id,
-        explaining=explaining,
-    )
+    staged = explaining is not None and explain_later is not None
+    if staged:
+        done = triage_and_write(
+            record,
+            idem_key=item.idem_key,
+            analyzer=analyzer,
+            writer=writer,
+            now=clock(),
+            alerts=alerts,
+            ecg_id=item_id,
+            preliminary=True,
+        )
+    else:
+        done = analyse_and_write(
+            record,
+            idem_key=item.idem_key,
+            analyzer=analyzer,
+            writer=writer,
+            now=clock(),
+            alerts=alerts,
+            ecg_id=item_id,
+            explaining=explaining,
+        )
     timings = {
         "queue_wait_ms": (started - item.received_at).total_seconds() * 1000.0,
         "decode_ms": decode_ms,
@@ -261,6 +337,61 @@ def process_item(
                 model_version=done.result.model_version,
             )
         )
+    if staged and explain_later is not None:
+        inbox.mark_triaged(
+            item_id, result_json=json.dumps(body), report_ref=done.written.report_ref
+        )
+        explain_later(item_id)
+        log.info("inbox item %s triaged: %s", item_id, done.written.report_ref)
+        return Outcome(item_id, Status.TRIAGED, done.written.report_ref, done.result)
     inbox.mark_done(item_id, result_json=json.dumps(body), report_ref=done.written.report_ref)
     log.info("inbox item %s done: %s", item_id, done.written.report_ref)
+    return Outcome(item_id, Status.DONE, done.written.report_ref, done.result)
+
+
+def explain_item(
+    item_id: str,
+    *,
+    inbox: Inbox,
+    analyzer: Analyzer,
+    writer: ReportWriter,
+    explaining: Explaining | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    audit: Auditor | None = None,
+) -> Outcome:
+    """The explanation stage of a ``triaged`` item: the analysis again (deterministic, a few
+    ms), the explanations and picture, the ``final`` report, then ``done``. Anything but a
+    triaged item is left alone (done: nothing to do; not yet triaged: the triage task comes
+    first)."""
+    item = inbox.get(item_id)
+    if item is None:
+        raise LookupError(f"inbox item {item_id} does not exist")
+    if item.status is not Status.TRIAGED:
+        log.info("inbox item %s is %s, not triaged; no explanation now", item_id, item.status)
+        return Outcome(item_id, item.status, item.report_ref, None)
+    record = decode_item(item)
+    now = clock()
+    result = analyzer.analyze(record, now=now)
+    stage = explaining or Explaining(None, png=False, pdf=False)
+    done = explain_and_write(
+        record, result, idem_key=item.idem_key, writer=writer, now=now, explaining=stage
+    )
+    previous = json.loads(item.result_json) if item.result_json else {}
+    timings = dict(previous.get("timings_ms") or {}) | {
+        "explain_ms": round(done.explain_ms, 2),
+        "picture_ms": round(done.picture_ms, 2),
+        "final_writeback_ms": round(done.writeback_ms, 2),
+        "explain_wait_ms": round((now - item.updated_at).total_seconds() * 1000.0, 2),
+    }
+    body = done.result.to_json() | {"timings_ms": timings}
+    if audit is not None:
+        audit.append(
+            auditing.report_written(
+                ecg_id=item_id,
+                report_ref=done.written.report_ref,
+                model_version=done.result.model_version,
+            )
+        )
+    inbox.mark_done(item_id, result_json=json.dumps(body), report_ref=done.written.report_ref)
+    log.info("inbox item %s done (explained): %s", item_id, done.written.report_ref)
     return Outcome(item_id, Status.DONE, done.written.report_ref, done.result)

@@ -75,12 +75,21 @@ async def reconcile_forever(inbox: Inbox, enqueue: Any, settings: Settings) -> N
             log.exception("reconciler round failed")
 
 
-def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
-    """`ecgbridge worker` as a child process with the same environment."""
+def start_worker_processes(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """`ecgbridge worker` child processes with the same environment: one on the triage queue
+    and, when explanations or pictures are on, one on the explain queue, so an ED alert never
+    waits behind an explanation."""
     env = dict(os.environ)
     env.setdefault("ECGBRIDGE_DATA_DIR", str(settings.data_dir))
     env.setdefault("ECGBRIDGE_OUT_DIR", str(settings.out_dir))
-    return subprocess.Popen([sys.executable, "-m", "integration.cli", "worker"], env=env)
+    staged = settings.explain or settings.report_png or settings.report_pdf
+    queues = ["triage", "explain"] if staged else ["all"]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "integration.cli", "worker", "--queues", q], env=env
+        )
+        for q in queues
+    ]
 
 
 async def serve(settings: Settings, *, with_worker: bool = False) -> None:
@@ -167,7 +176,7 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
             lifespan="off",
         )
     )
-    worker = start_worker_process(settings) if with_worker else None
+    workers = start_worker_processes(settings) if with_worker else []
     await mllp.start()
     try:
         await asyncio.to_thread(reconcile, inbox, enqueue)
@@ -197,8 +206,9 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
         with contextlib.suppress(Exception):
             await http_task
         await mllp.close()
-        if worker is not None:
+        for worker in workers:
             worker.terminate()
+        for worker in workers:
             try:
                 worker.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -7,6 +7,12 @@ Failure policy for one ECG:
   message no longer decodes): dead-letter at once with the reason;
 - anything else (a bug or a poison record): retried a few times, then dead-lettered.
 A dead-lettered ECG keeps its reason in the inbox and never blocks the queue.
+
+Two stages, two queues: ``analyze_ecg`` (queue ``ecgbridge``) analyses, alerts and writes the
+triage report ("preliminary" when explanations or pictures are on) and queues
+``explain_ecg`` (queue ``ecgbridge-explain``), which adds them and writes the "final" report.
+Workers dedicated to the triage queue keep the ED alert fast however long the explanations
+take; an explanation failure never re-runs the triage (no second alert).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 from celery import Celery, Task
@@ -24,10 +30,10 @@ from celery.signals import worker_process_init
 from inference.analyzer import Analyzer
 from integration.alerts import AlertSender, get_alert_settings
 from integration.audit import AuditLog, AuditStoreError
-from integration.celery_app import ANALYZE_TASK
+from integration.celery_app import ANALYZE_TASK, EXPLAIN_TASK, enqueue_explanation
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
-from integration.pipeline import Explaining, process_item
+from integration.pipeline import Explaining, explain_item, process_item
 from integration.settings import Settings
 from integration.smart import BackendServicesAuth, get_smart_settings
 from integration.writeback import FhirServerWriter, NdjsonSink, ReportWriter
@@ -100,7 +106,12 @@ class _WorkerState:
         self.inbox = Inbox.from_url(settings.effective_database_url, cipher=self.audit.cipher)
         self.writer = make_writer(settings)
         self.alerts = make_alert_sender(settings, self.audit)
-        self.explaining = make_explaining(settings, self.analyzer)
+        self._settings = settings
+
+    @cached_property
+    def explaining(self) -> Explaining | None:
+        """Loaded on first use: a triage-only worker never needs the explainer."""
+        return make_explaining(self._settings, self.analyzer)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -132,6 +143,7 @@ def register(app: Celery, settings: Settings) -> None:
     )
     def analyze_ecg(self: Task, item_id: str) -> dict[str, Any]:
         s = state()
+        staged = settings.explain or settings.report_png or settings.report_pdf
         try:
             outcome = process_item(
                 item_id,
@@ -141,10 +153,44 @@ def register(app: Celery, settings: Settings) -> None:
                 max_attempts=settings.task_max_retries + UNKNOWN_ERROR_ATTEMPTS,
                 audit=s.audit,
                 alerts=s.alerts,
-                explaining=s.explaining,
+                # the explanation stage goes to its own queue, behind newer triage
+                explaining=Explaining(None) if staged else None,
+                explain_later=(lambda i: enqueue_explanation(app, i)) if staged else None,
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)
+        return {"item_id": item_id, "status": outcome.status.value, "report": outcome.report_ref}
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=EXPLAIN_TASK,
+        bind=True,
+        max_retries=settings.task_max_retries,
+        acks_late=True,
+    )
+    def explain_ecg(self: Task, item_id: str) -> dict[str, Any]:
+        s = state()
+        try:
+            outcome = explain_item(
+                item_id,
+                inbox=s.inbox,
+                analyzer=s.analyzer,
+                writer=s.writer,
+                explaining=s.explaining,
+                audit=s.audit,
+            )
+        except Exception as exc:
+            # The triage report is out; keep the item "triaged" (a retry must not re-run
+            # the triage and re-alert). Transient: retry with backoff; else dead-letter.
+            retries = int(self.request.retries)
+            if _is_transient(exc) and retries < settings.task_max_retries:
+                delay = backoff_s(retries)
+                log.warning("item %s explanation: %s; retry in %.1f s", item_id, exc, delay)
+                raise self.retry(exc=exc, countdown=delay) from exc
+            reason = f"final report not written: {exc.__class__.__name__}: {exc}"
+            log.error("item %s dead-lettered: %s", item_id, reason)
+            with contextlib.suppress(InboxError):
+                s.inbox.mark_dead_letter(item_id, reason=reason[:2000])
+            return {"item_id": item_id, "status": "dead_letter", "reason": reason}
         return {"item_id": item_id, "status": outcome.status.value, "report": outcome.report_ref}
 
     def _on_error(self: Task, s: _WorkerState, item_id: str, exc: Exception) -> dict[str, Any]:

@@ -3,7 +3,8 @@ order of alert vs write-back, audit chain, dead-letter rules, idempotency."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,79 @@ def test_a_failing_explainer_never_costs_the_report(analyzer: Analyzer, positive
     )
     assert [w.diagnostic_report.status for w in writer.written] == ["preliminary", "final"]
     assert done.result.explanation is None and done.result.triage is not None
+
+
+def test_staged_triage_leaves_the_item_triaged_and_queues_the_explanation(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    from inference.explain.explainer import Explainer
+    from integration.pipeline import Explaining, explain_item
+
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/i.sqlite3")
+    item_id = _accept(inbox, positive, "S1")
+    journal = Journal()
+    writer = KeepingWriter(journal)
+    queued: list[str] = []
+    audit = AuditLog.in_memory()
+    outcome = process_item(
+        item_id,
+        inbox=inbox,
+        analyzer=analyzer,
+        writer=writer,
+        audit=audit,
+        alerts=FakeAlerts(journal),  # type: ignore[arg-type]
+        explaining=Explaining(None),
+        explain_later=queued.append,
+    )
+    assert outcome.status is Status.TRIAGED and queued == [item_id]
+    item = inbox.get(item_id)
+    assert item is not None and item.status is Status.TRIAGED and item.result_json
+    assert [w.diagnostic_report.status for w in writer.written] == ["preliminary"]
+    # a re-delivered triage task (reconciler) only re-queues the explanation: no second alert
+    again = process_item(
+        item_id,
+        inbox=inbox,
+        analyzer=analyzer,
+        writer=writer,
+        alerts=FakeAlerts(journal),  # type: ignore[arg-type]
+        explaining=Explaining(None),
+        explain_later=queued.append,
+    )
+    assert again.status is Status.TRIAGED and queued == [item_id, item_id]
+    assert sum(step.startswith("alert:") for step in journal.steps) == 1
+    # the explanation stage: final report, done, triage timings kept
+    done = explain_item(
+        item_id,
+        inbox=inbox,
+        analyzer=analyzer,
+        writer=writer,
+        explaining=Explaining(Explainer.load(analyzer), png=True, pdf=False),
+        audit=audit,
+    )
+    assert done.status is Status.DONE
+    final = writer.written[-1].diagnostic_report
+    assert final.status == "final" and final.presentedForm is not None
+    item = inbox.get(item_id)
+    assert item is not None and item.status is Status.DONE and item.result_json
+    body = json.loads(item.result_json)
+    assert body["explanation"]["attributions"] and "model_ms" in body["timings_ms"]
+    assert body["timings_ms"]["explain_ms"] > 0
+    # explaining a done item again does nothing
+    assert (
+        explain_item(item_id, inbox=inbox, analyzer=analyzer, writer=writer, explaining=None).status
+        is Status.DONE
+    )
+    assert len(writer.written) == 2
+
+
+def test_triaged_items_left_behind_are_found_by_the_reconciler(
+    tmp_path: Path, analyzer: Analyzer, positive: Sample
+) -> None:
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/i.sqlite3")
+    item_id = _accept(inbox, positive, "S2")
+    inbox.mark_triaged(item_id, result_json="{}", report_ref="DiagnosticReport/x")
+    assert [i.id for i in inbox.unfinished()] == [item_id]
+    future = datetime.now(UTC) + timedelta(seconds=5)
+    assert [i.id for i in inbox.unfinished(older_than=future)] == [item_id]
+    past = datetime.now(UTC) - timedelta(hours=1)
+    assert inbox.unfinished(older_than=past) == []
