@@ -52,6 +52,7 @@ bench: system-deps install node
 	$(BIN)/python -m tests.bench.audit_bench
 	$(BIN)/python -m tests.bench.load --workers 1
 	$(BIN)/python -m tests.bench.load --workers 2
+	$(BIN)/python -m tests.bench.alert_latency --rate 5 --duration 30
 
 # Explanation quality and speed on all of fold 9 (about 20 min on 2 cores; issue 7).
 bench-explain: install

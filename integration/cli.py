@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -187,6 +188,10 @@ def _worker(settings: Settings, queues: str = "all") -> int:
     from integration.tasks import register
 
     names = {"all": [QUEUE, EXPLAIN_QUEUE], "triage": [QUEUE], "explain": [EXPLAIN_QUEUE]}
+    if queues == "explain":
+        # On a machine shared with triage workers, explanations yield the CPU to triage:
+        # the ED alert must not wait for a core (the child processes inherit the niceness).
+        os.nice(10)
     app = create_app(settings)
     register(app, settings)
     app.worker_main(

@@ -7,10 +7,12 @@ a timeout updates the same resource and never makes a second report.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +56,9 @@ class NdjsonSink:
     the folder: a retried write of the same content adds nothing, and a changed resource
     (a preliminary report made final) replaces its line, as an update on a FHIR server
     would (the files hold the current version of each resource, not its history).
+    Inline attachments (the report's ECG picture) are written as files under
+    ``<out_dir>/attachments/`` and referenced by a relative ``url``, so the ndjson lines stay
+    small and each write reads every file once, without parsing picture bytes.
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -63,32 +68,72 @@ class NdjsonSink:
     def write(self, resources: ReportResources) -> Written:
         with open(self.out_dir / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            by_type: dict[str, list[dict[str, Any]]] = {}
             for res in _ordered(resources):
-                path = self.out_dir / f"{res['resourceType']}.ndjson"
-                line = json.dumps(res, separators=(",", ":"))
+                by_type.setdefault(str(res["resourceType"]), []).append(res)
+            for rtype, items in by_type.items():
+                path = self.out_dir / f"{rtype}.ndjson"
                 lines = _lines_by_id(path)
-                old = lines.get(str(res["id"]))
-                if old is None:
-                    with open(path, "a", encoding="utf-8") as fh:
-                        fh.write(line + "\n")
-                        fh.flush()
-                elif old != line:
+                appended: list[str] = []
+                changed = False
+                for res in items:
+                    line = json.dumps(self._externalise(res), separators=(",", ":"))
+                    old = lines.get(str(res["id"]))
+                    if old == line:
+                        continue
                     lines[str(res["id"])] = line
+                    if old is None:
+                        appended.append(line)
+                    else:
+                        changed = True
+                if changed:
                     tmp = path.with_suffix(".ndjson.tmp")
                     tmp.write_text("".join(v + "\n" for v in lines.values()), encoding="utf-8")
                     os.replace(tmp, path)
+                elif appended:
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write("".join(v + "\n" for v in appended))
+                        fh.flush()
         report_id = resources.diagnostic_report.id
         return Written(
             report_ref=f"DiagnosticReport/{report_id}",
             location=str(self.out_dir / "DiagnosticReport.ndjson"),
         )
 
+    def _externalise(self, res: dict[str, Any]) -> dict[str, Any]:
+        forms = res.get("presentedForm")
+        if not forms:
+            return res
+        folder = self.out_dir / "attachments"
+        folder.mkdir(exist_ok=True)
+        out = []
+        for i, form in enumerate(forms):
+            data = form.get("data")
+            if data is None:
+                out.append(form)
+                continue
+            ext = _EXTENSIONS.get(str(form.get("contentType")), "bin")
+            name = f"{res['id']}-{i}.{ext}"
+            target = folder / name
+            tmp = target.with_suffix(target.suffix + ".tmp")
+            tmp.write_bytes(base64.b64decode(data))
+            os.replace(tmp, target)
+            out.append(
+                {k: v for k, v in form.items() if k != "data"} | {"url": f"attachments/{name}"}
+            )
+        return res | {"presentedForm": out}
+
     def close(self) -> None:
         return None
 
 
+_EXTENSIONS = {"image/png": "png", "application/pdf": "pdf"}
+_ID = re.compile(r'^\{"resourceType":"[^"]*","id":"([^"]+)"')
+
+
 def _lines_by_id(path: Path) -> dict[str, str]:
-    """The file's lines keyed by resource id, in file order."""
+    """The file's lines keyed by resource id, in file order (the id read off the line's
+    start, as `resource_json` writes it; a full parse otherwise)."""
     if not path.exists():
         return {}
     out: dict[str, str] = {}
@@ -96,7 +141,8 @@ def _lines_by_id(path: Path) -> dict[str, str]:
         for line in fh:
             if line.strip():
                 text = line.rstrip("\n")
-                out[str(json.loads(text)["id"])] = text
+                m = _ID.match(text)
+                out[m.group(1) if m else str(json.loads(text)["id"])] = text
     return out
 
 

@@ -26,8 +26,12 @@ def main() -> int:
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--records", default="", help="only these sample record ids, comma-separated")
     args = p.parse_args()
     samples = load_samples()
+    if args.records:
+        wanted = set(args.records.split(","))
+        samples = [s for s in samples if s.record.record_id in wanted]
     n = max(1, round(args.rate * args.duration))
     messages = []
     for i in range(n):

@@ -73,6 +73,23 @@ def test_ndjson_sink_replaces_a_changed_resource_in_place(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_ndjson_sink_writes_pictures_as_files_referenced_by_url(tmp_path: Path) -> None:
+    from mappers.fhir_report import report_attachments
+
+    sample = load_samples()[0]
+    result = Analyzer.load(device="cpu").analyze(sample.record, now=NOW)
+    png = b"\x89PNG\r\n\x1a\n" + b"x" * 100
+    forms = report_attachments(png=png, pdf=b"%PDF-1.4 y", created=NOW, title="ECG")
+    final = build_report(result, sample.record, report_id="r1", issued=NOW, presented_form=forms)
+    NdjsonSink(tmp_path).write(final)
+    (report,) = _lines(tmp_path / "DiagnosticReport.ndjson")
+    forms_out: list[dict[str, object]] = report["presentedForm"]  # type: ignore[assignment]
+    assert [f["url"] for f in forms_out] == ["attachments/r1-0.png", "attachments/r1-1.pdf"]
+    assert all("data" not in f for f in forms_out)
+    assert (tmp_path / "attachments" / "r1-0.png").read_bytes() == png
+    assert (tmp_path / "attachments" / "r1-1.pdf").read_bytes() == b"%PDF-1.4 y"
+
+
 def test_fhir_writer_puts_every_resource_at_its_id(resources: ReportResources) -> None:
     seen: list[tuple[str, str]] = []
 

@@ -188,9 +188,11 @@ class EcgbridgeServe(_Process):
 class EcgbridgeWorker(_Process):
     """`ecgbridge worker` (a real Celery worker process)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, queues: str = "all") -> None:
         super().__init__(
-            [sys.executable, "-m", "integration.cli", "worker"], env=env, log_path=log_path
+            [sys.executable, "-m", "integration.cli", "worker", "--queues", queues],
+            env=env,
+            log_path=log_path,
         )
 
     def start(self) -> None:
