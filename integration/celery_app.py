@@ -34,12 +34,14 @@ def broker_config(settings: Settings) -> tuple[str, dict[str, Any]]:
             "priority_steps": list(range(10)),
         }
     folder = settings.broker_dir.resolve()
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        # the exchange tables, which kombu would otherwise put in ./control of the CWD
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": 0.05,
     }
