@@ -1,8 +1,10 @@
 """Container health check for the ecgbridge images (stdlib, plus Celery for workers).
 
 ECGBRIDGE_HEALTHCHECK=http (default): GET http://127.0.0.1:$ECGBRIDGE_HTTP_PORT/health -> 200.
-ECGBRIDGE_HEALTHCHECK=worker: a Celery ping answered by this container's worker
-(celery@<hostname>) over the configured broker.
+ECGBRIDGE_HEALTHCHECK=worker: a Celery ping answered by this container's worker over the
+configured broker. `ecgbridge worker --queues Q` names its node ``Q-%i@%h``, which is
+``Q-0@<hostname>`` in the main process (the one that answers pings): triage-0, explain-0 or
+all-0; ``celery@<hostname>`` is Celery's default name, kept for older images.
 Exit 0 healthy, 1 unhealthy (Docker HEALTHCHECK convention).
 """
 
@@ -21,12 +23,22 @@ def check_http() -> bool:
         return bool(resp.status == 200)
 
 
+#: The node names this container's worker may have (see the module docstring).
+WORKER_NODE_PREFIXES = ("triage-0", "explain-0", "all-0", "celery")
+
+
+def worker_nodenames(hostname: str) -> list[str]:
+    """The Celery node names a worker in a container called `hostname` may answer as."""
+    return [f"{prefix}@{hostname}" for prefix in WORKER_NODE_PREFIXES]
+
+
 def check_worker() -> bool:
     from integration.celery_app import create_app
 
-    me = f"celery@{socket.gethostname()}"
-    replies = create_app().control.ping(destination=[me], timeout=5.0)
-    return any(me in reply for reply in replies)
+    mine = worker_nodenames(socket.gethostname())
+    # One container runs one worker: the first reply is enough (limit=1 returns at once).
+    replies = create_app().control.ping(destination=mine, timeout=5.0, limit=1)
+    return any(name in reply for reply in replies for name in mine)
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 ENV = {"POSTGRES_PASSWORD": "test-password", "PATH": os.environ.get("PATH", "")}
+#: The worker services and their `ecgbridge worker --queues` choice.
+WORKERS = {"worker-triage": "triage", "worker-explain": "explain"}
 
 
 def _compose_cmd() -> list[str] | None:
@@ -42,9 +44,11 @@ def rendered() -> dict[str, Any]:
 
 
 def test_compose_config_validates(rendered: dict[str, Any]) -> None:
-    assert {"ecgbridge", "worker", "redis", "postgres", "fhir"} <= set(rendered["services"])
-    db = rendered["services"]["worker"]["environment"]["ECGBRIDGE_DATABASE_URL"]
-    assert db == "postgresql://ecgbridge:test-password@postgres:5432/ecgbridge"
+    services = set(rendered["services"])
+    assert {"ecgbridge", *WORKERS, "redis", "postgres", "fhir"} <= services
+    for name in WORKERS:
+        db = rendered["services"][name]["environment"]["ECGBRIDGE_DATABASE_URL"]
+        assert db == "postgresql://ecgbridge:test-password@postgres:5432/ecgbridge"
 
 
 def test_compose_refuses_a_missing_password() -> None:
@@ -76,7 +80,10 @@ def test_redis_persists_and_never_evicts(spec: dict[str, Any]) -> None:
 
 
 def test_services_wired_to_redis_postgres_and_keys(spec: dict[str, Any]) -> None:
-    for name, command in (("ecgbridge", ["serve"]), ("worker", ["worker"])):
+    commands = {"ecgbridge": ["serve"]} | {
+        name: ["worker", "--queues", queues] for name, queues in WORKERS.items()
+    }
+    for name, command in commands.items():
         svc = spec["services"][name]
         assert svc["command"] == command
         env = svc["environment"]
@@ -88,8 +95,30 @@ def test_services_wired_to_redis_postgres_and_keys(spec: dict[str, Any]) -> None
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
-    assert spec["services"]["worker"]["environment"]["ECGBRIDGE_HEALTHCHECK"] == "worker"
+    for name in WORKERS:
+        assert spec["services"][name]["environment"]["ECGBRIDGE_HEALTHCHECK"] == "worker"
     ports = spec["services"]["ecgbridge"]["ports"]
     assert any(p.endswith(":2575") for p in ports) and any(p.endswith(":8080") for p in ports)
     assert spec["services"]["fhir"]["profiles"] == ["fhir"]
     assert "healthcheck" in spec["services"]["postgres"]
+
+
+def test_one_worker_service_per_queue_same_image_env_and_volumes(spec: dict[str, Any]) -> None:
+    """Triage (queue `ecgbridge`, alerts) and explain (`ecgbridge-explain`) run apart, so an
+    explanation backlog never delays an alert; otherwise the two services are the same."""
+    from integration.cli import _parser
+
+    services = spec["services"]
+    assert "worker" not in services  # no worker on both queues beside the dedicated ones
+    workers = {n: s for n, s in services.items() if s.get("command", [None])[0] == "worker"}
+    assert set(workers) == set(WORKERS)
+    for name, queues in WORKERS.items():
+        assert _parser().parse_args(workers[name]["command"]).queues == queues
+    triage, explain = services["worker-triage"], services["worker-explain"]
+    same = ("image", "build", "secrets", "volumes", "read_only", "cap_drop", "depends_on")
+    for key in same:
+        assert triage[key] == explain[key], key
+    env_t, env_e = dict(triage["environment"]), dict(explain["environment"])
+    for env in (env_t, env_e):
+        env.pop("ECGBRIDGE_WORKER_CONCURRENCY")
+    assert env_t == env_e
