@@ -80,6 +80,7 @@ def enqueue_analysis(app: Celery, item_id: str, *, priority: int = 5) -> None:
     app.send_task(ANALYZE_TASK, args=[item_id], queue=QUEUE, priority=priority)
 
 
-def enqueue_explanation(app: Celery, item_id: str) -> None:
-    """Queue the explanation stage of a triaged item (`integration.pipeline.explain_item`)."""
-    app.send_task(EXPLAIN_TASK, args=[item_id], queue=EXPLAIN_QUEUE, priority=5)
+def enqueue_explanation(app: Celery, item_id: str, *, priority: int = 5) -> None:
+    """Queue the explanation stage of a triaged item (`integration.pipeline.explain_item`)
+    at the ECG's own priority (0 = STAT first, 9 = backfill last)."""
+    app.send_task(EXPLAIN_TASK, args=[item_id], queue=EXPLAIN_QUEUE, priority=priority)

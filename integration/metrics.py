@@ -176,9 +176,17 @@ class Metrics:
         _check_group(group)
         self._fair_alerts.labels(group=group).inc()
 
-    def watch_queue_depth(self, depth: Callable[[], dict[str, int]]) -> None:
-        """Export ``ecgbridge_queue_depth{queue, priority}`` read at scrape time."""
-        self.registry.register(QueueDepthCollector(depth))
+    def watch_queue_depth(
+        self, depth: Callable[[], dict[str, int]], *, queue: str = "ecgbridge"
+    ) -> None:
+        """Export ``ecgbridge_queue_depth{queue, priority}`` of `queue`, read at scrape time
+        (call once per queue: the triage and the explain queue)."""
+        collector: QueueDepthCollector | None = getattr(self, "_depth_collector", None)
+        if collector is None:
+            collector = QueueDepthCollector({})
+            self.registry.register(collector)
+            self._depth_collector = collector
+        collector.add(queue, depth)
 
 
 def _check_group(group: str) -> None:
@@ -189,24 +197,26 @@ def _check_group(group: str) -> None:
 class QueueDepthCollector(Collector):
     """``ecgbridge_queue_depth``: messages waiting, per priority and summed (priority="all")."""
 
-    def __init__(self, depth: Callable[[], dict[str, int]], *, queue: str = "ecgbridge") -> None:
-        self._depth = depth
-        self._queue = queue
+    def __init__(self, depths: dict[str, Callable[[], dict[str, int]]]) -> None:
+        self._depths = dict(depths)
+
+    def add(self, queue: str, depth: Callable[[], dict[str, int]]) -> None:
+        self._depths[queue] = depth
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        try:
-            per_priority = self._depth()
-        except Exception as exc:  # a broker outage must not break the whole scrape
-            log.warning("queue depth unavailable: %s", exc.__class__.__name__)
-            yield family
-            return
-        for priority, n in sorted(per_priority.items()):
-            family.add_metric([self._queue, priority], float(n))
-        family.add_metric([self._queue, "all"], float(sum(per_priority.values())))
+        for queue, depth in sorted(self._depths.items()):
+            try:
+                per_priority = depth()
+            except Exception as exc:  # a broker outage must not break the whole scrape
+                log.warning("queue depth of %s unavailable: %s", queue, exc.__class__.__name__)
+                continue
+            for priority, n in sorted(per_priority.items()):
+                family.add_metric([queue, priority], float(n))
+            family.add_metric([queue, "all"], float(sum(per_priority.values())))
         yield family
 
     @staticmethod

@@ -243,12 +243,13 @@ def process_item(
     audit: Auditor | None = None,
     alerts: AlertSender | None = None,
     explaining: Explaining | None = None,
-    explain_later: Callable[[str], None] | None = None,
+    explain_later: Callable[[str, int], None] | None = None,
 ) -> Outcome:
     """The triage stage of one inbox item (and, with `explaining` but no `explain_later`,
     the explanation stage in the same call). With `explain_later`, the item is left
-    ``triaged`` after its preliminary report and `explain_later(item_id)` queues the
-    explanation stage (`explain_item`) behind the triage of newer ECGs."""
+    ``triaged`` after its preliminary report and `explain_later(item_id, priority)` queues
+    the explanation stage (`explain_item`) on its own queue, at the ECG's own priority (a
+    STAT ECG's explanation before a backfill's)."""
     item = inbox.get(item_id)
     if item is None:
         raise LookupError(f"inbox item {item_id} does not exist")
@@ -259,7 +260,7 @@ def process_item(
         # Triage is written; only the explanations are missing (a lost explain task,
         # re-queued by the reconciler).
         if explain_later is not None:
-            explain_later(item_id)
+            explain_later(item_id, item.priority)
             return Outcome(item_id, Status.TRIAGED, item.report_ref, None)
         return explain_item(
             item_id,
@@ -341,7 +342,7 @@ def process_item(
         inbox.mark_triaged(
             item_id, result_json=json.dumps(body), report_ref=done.written.report_ref
         )
-        explain_later(item_id)
+        explain_later(item_id, item.priority)
         log.info("inbox item %s triaged: %s", item_id, done.written.report_ref)
         return Outcome(item_id, Status.TRIAGED, done.written.report_ref, done.result)
     inbox.mark_done(item_id, result_json=json.dumps(body), report_ref=done.written.report_ref)

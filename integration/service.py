@@ -18,8 +18,8 @@ import uvicorn
 from integration.api import create_app as create_http_app
 from integration.audit import AuditLog
 from integration.cds import PatientKey, StoredAnalysis
+from integration.celery_app import EXPLAIN_QUEUE, QUEUE, enqueue_analysis
 from integration.celery_app import create_app as create_celery_app
-from integration.celery_app import enqueue_analysis
 from integration.fairness_monitor import FairnessMonitor
 from integration.inbox import Inbox
 from integration.ingest import IngestService, nak_for
@@ -105,7 +105,9 @@ async def serve(settings: Settings, *, with_worker: bool = False) -> None:
     if settings.broker_url:
         import redis
 
-        metrics.watch_queue_depth(redis_queue_depth(redis.Redis.from_url(settings.broker_url)))
+        client = redis.Redis.from_url(settings.broker_url)
+        for queue in (QUEUE, EXPLAIN_QUEUE):
+            metrics.watch_queue_depth(redis_queue_depth(client, queue=queue), queue=queue)
     ingest = IngestService(
         inbox=inbox, enqueue=enqueue, audit=audit, metrics=metrics, patient_key=audit.patient_key
     )

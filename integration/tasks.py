@@ -155,7 +155,9 @@ def register(app: Celery, settings: Settings) -> None:
                 alerts=s.alerts,
                 # the explanation stage goes to its own queue, behind newer triage
                 explaining=Explaining(None) if staged else None,
-                explain_later=(lambda i: enqueue_explanation(app, i)) if staged else None,
+                explain_later=(
+                    (lambda i, p: enqueue_explanation(app, i, priority=p)) if staged else None
+                ),
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)

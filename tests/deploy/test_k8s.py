@@ -163,7 +163,8 @@ def _explain_priorities() -> set[int]:
             assert queue == EXPLAIN_QUEUE
             sent.append(priority)
 
-    enqueue_explanation(cast(Celery, App()), "item-1")
+    for priority in TRIAGE_PRIORITIES:  # an explanation keeps its ECG's priority
+        enqueue_explanation(cast(Celery, App()), "item-1", priority=priority)
     return set(sent)
 
 

@@ -216,7 +216,7 @@ def test_staged_triage_leaves_the_item_triaged_and_queues_the_explanation(
         audit=audit,
         alerts=FakeAlerts(journal),  # type: ignore[arg-type]
         explaining=Explaining(None),
-        explain_later=queued.append,
+        explain_later=lambda i, p: queued.append(i),
     )
     assert outcome.status is Status.TRIAGED and queued == [item_id]
     item = inbox.get(item_id)
@@ -230,7 +230,7 @@ def test_staged_triage_leaves_the_item_triaged_and_queues_the_explanation(
         writer=writer,
         alerts=FakeAlerts(journal),  # type: ignore[arg-type]
         explaining=Explaining(None),
-        explain_later=queued.append,
+        explain_later=lambda i, p: queued.append(i),
     )
     assert again.status is Status.TRIAGED and queued == [item_id, item_id]
     assert sum(step.startswith("alert:") for step in journal.steps) == 1
