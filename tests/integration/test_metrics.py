@@ -43,6 +43,17 @@ def test_counters_histograms_and_queue_depth() -> None:
         m.analysis_seconds("nope", 1.0)
 
 
+def test_queue_depth_of_the_triage_and_the_explain_queue() -> None:
+    m = Metrics()
+    redis = FakeRedis({"ecgbridge": 2, "ecgbridge-explain\x06\x165": 30, "ecgbridge-explain": 1})
+    for queue in ("ecgbridge", "ecgbridge-explain"):
+        m.watch_queue_depth(redis_queue_depth(redis, queue=queue), queue=queue)
+    get = m.registry.get_sample_value
+    assert get("ecgbridge_queue_depth", {"queue": "ecgbridge", "priority": "all"}) == 2
+    assert get("ecgbridge_queue_depth", {"queue": "ecgbridge-explain", "priority": "all"}) == 31
+    assert get("ecgbridge_queue_depth", {"queue": "ecgbridge-explain", "priority": "0"}) == 1
+
+
 def test_broker_outage_does_not_break_the_scrape() -> None:
     m = Metrics()
 
