@@ -26,10 +26,17 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 
 # redis-server, Node (FHIR test server) and Chromium (review-page browser test), from Debian
 # when missing (needs root). Playwright drives the system Chromium; it downloads no browser.
+# Only what is missing: Debian's npm conflicts with a NodeSource nodejs (which bundles npm).
 system-deps:
-	@command -v redis-server >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
-	  && command -v chromium >/dev/null && command -v docker-compose >/dev/null \
-	  || { apt-get update -q && apt-get install -y -q redis-server nodejs npm chromium docker-compose; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && apt-get install -y -q $$missing; \
+	fi
 
 demo: install
 	$(BIN)/ecgbridge demo
