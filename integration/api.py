@@ -22,6 +22,8 @@ from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Inbox, InboxItem
 from integration.ingest import FhirAccepted, IngestService
 from integration.metrics import Metrics, metrics_asgi_app
+from integration.report_store import ReportStore
+from integration.subscriptions import SubscriptionReceiver
 from mappers.errors import MappingError
 from mappers.fhir_capability import capability_statement
 from mappers.fhir_json import resource_json
@@ -72,13 +74,35 @@ def create_app(
     latest: LatestAnalysis | None = None,
     intake_auth: Callable[..., object] | None = None,
     cds_auth: Callable[..., object] | None = None,
+    subscriptions: SubscriptionReceiver | None = None,
+    reports: ReportStore | None = None,
 ) -> FastAPI:
     """The HTTP app. Optional parts: the audit review router (with `audit`), Prometheus
     `/metrics` (with `metrics`), CDS Hooks (with `audit` and `latest`), the ED-alert
     acknowledgement links (when alerts are configured), and bearer-token auth on the FHIR
-    intake and CDS routes (`intake_auth`, a FastAPI dependency)."""
+    intake and CDS routes (`intake_auth`, a FastAPI dependency). Subscription notifications
+    (`subscriptions`, behind `intake_auth`) and reads of the written reports (`reports`,
+    behind `cds_auth`: scope ``system/DiagnosticReport.read``) are built from the settings
+    when not given."""
     app = FastAPI(title="ecgbridge", version="0.1.0")
     guard = [Depends(intake_auth)] if intake_auth is not None else []
+    read_guard = [Depends(cds_auth)] if cds_auth is not None else []
+    if subscriptions is None or reports is None:
+        from integration.settings import get_settings
+
+        settings = get_settings()
+        if subscriptions is None:
+            from integration.subscriptions import receiver_from_settings
+
+            subscriptions = receiver_from_settings(ingest, audit=audit, settings=settings)
+        if reports is None:
+            from integration.report_store import store_from_settings
+
+            reports = store_from_settings(
+                inbox,
+                patient_key=None if audit is None else audit.patient_key,
+                settings=settings,
+            )
     if metrics is not None:
         app.mount("/metrics", metrics_asgi_app(metrics))  # type: ignore[arg-type]
     if audit is not None and latest is not None:
@@ -144,6 +168,12 @@ def create_app(
     async def post_bundle(request: Request) -> Response:
         return await _intake(request, "Bundle")
 
+    from integration.report_store import make_report_router
+    from integration.subscriptions import make_subscription_router
+
+    app.include_router(make_subscription_router(subscriptions, dependencies=guard))
+    app.include_router(make_report_router(reports, dependencies=read_guard, audit=audit))
+
     started = datetime.now(UTC)
 
     @app.get("/fhir/metadata")
@@ -153,6 +183,8 @@ def create_app(
             base_url=str(request.base_url).rstrip("/") + "/fhir",
             date=started,
             bearer_auth=intake_auth is not None,
+            report_read=reports is not None,
+            subscription_topics=sorted(subscriptions.topics),
         )
         return JSONResponse(resource_json(statement), media_type=FHIR_JSON)
 

@@ -2,15 +2,17 @@
 
 Each check returns a `Check`; none raises. Checks: the inbox database (reachable, schema),
 the broker (Redis PING and its eviction policy, or the embedded broker folder), the FHIR
-server (``/metadata``), the model weights (SHA-256), the data and output folders (writable),
-and the audit/PHI keys (present outside development). Messages name settings, hosts and
-files, never passwords or patient data.
+server (``/metadata``), the HL7 v2 result listener (in ``hl7v2`` write-back mode: it accepts
+a connection, TLS handshake included; no message is sent), the model weights (SHA-256),
+the data and output folders (writable), and the audit/PHI keys (present outside
+development). Messages name settings, hosts and files, never passwords or patient data.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,6 +190,35 @@ def check_fhir(settings: Settings, *, transport: httpx.BaseTransport | None = No
     return Check("fhir", Status.OK, f"{url} answers, FHIR {version}")
 
 
+# -- HL7 v2 result listener -----------------------------------------------------------------
+def check_v2_result(settings: Settings) -> Check:
+    from integration.writeback import client_tls_context
+
+    where = f"{settings.v2_result_host}:{settings.v2_result_port}"
+    try:
+        sock = socket.create_connection(
+            (str(settings.v2_result_host), settings.v2_result_port),
+            timeout=settings.v2_result_timeout_s,
+        )
+        with sock:
+            if settings.v2_result_tls_ca is None:
+                return Check("hl7v2 results", Status.OK, f"{where} accepts connections")
+            ctx = client_tls_context(
+                ca=settings.v2_result_tls_ca,
+                cert=settings.v2_result_tls_cert,
+                key=settings.v2_result_tls_key,
+            )
+            with ctx.wrap_socket(sock, server_hostname=settings.v2_result_host):
+                return Check("hl7v2 results", Status.OK, f"{where} accepts TLS connections")
+    except OSError as exc:
+        return Check(
+            "hl7v2 results",
+            Status.FAIL,
+            f"cannot connect to the result listener at {where}: {_first_line(exc)}. "
+            "Check ECGBRIDGE_V2_RESULT_HOST / _PORT (and _TLS_* when TLS is on)",
+        )
+
+
 # -- model ----------------------------------------------------------------------------------
 def check_model(verify: Callable[[], str] | None = None) -> Check:
     try:
@@ -219,7 +250,7 @@ def _writable(name: str, folder: Path, what: str) -> Check:
 
 def check_folders(settings: Settings) -> list[Check]:
     out = [_writable("data dir", settings.data_dir, "ECGBRIDGE_DATA_DIR")]
-    if not settings.fhir_base_url:
+    if settings.effective_writeback_mode == "ndjson":
         out.append(_writable("out dir", settings.out_dir, "ECGBRIDGE_OUT_DIR"))
     return out
 
@@ -270,6 +301,7 @@ def run_doctor(
         check_database(settings),
         check_broker(settings),
         check_fhir(settings, transport=fhir_transport),
+        *([check_v2_result(settings)] if settings.effective_writeback_mode == "hl7v2" else []),
         check_model(verify_weights),
         *check_folders(settings),
         check_keys(audit),

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WritebackMode = Literal["put", "transaction", "hl7v2", "ndjson"]
+WRITEBACK_MODES: tuple[WritebackMode, ...] = ("put", "transaction", "hl7v2", "ndjson")
 
 
 class Settings(BaseSettings):
@@ -33,6 +37,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     fhir_base_url: str | None = None
     fhir_timeout_s: float = Field(default=10.0, gt=0)
+    #: FHIR Subscriptions (R4 backport, rest-hook): the SubscriptionTopic canonical URLs whose
+    #: notifications ``POST /fhir/subscription-notification`` accepts, comma-separated.
+    #: Empty: every notification is refused (422, unknown topic).
+    subscription_topics: str = ""
+    #: The EHR FHIR base the notified Observations (and their Patients) are read from; only
+    #: references within it are fetched. Unset: ``fhir_base_url``.
+    ehr_fhir_base_url: str | None = None
     data_dir: Path = Path("./var")
     out_dir: Path = Path("./var/out")
     device: str | None = None
@@ -63,6 +74,63 @@ class Settings(BaseSettings):
     fairness_drift_bound: float = Field(default=0.10, gt=0, lt=1)
     #: How often `serve` reads new audit entries into the fairness monitor (seconds).
     fairness_poll_s: float = Field(default=30.0, gt=0)
+    #: Where reports go (`integration.writeback`): ``put`` (a PUT per resource to
+    #: ``fhir_base_url``), ``transaction`` (one transaction Bundle to it), ``hl7v2`` (an
+    #: ORU^R01 result message over MLLP to ``v2_result_host``), ``ndjson`` (files in
+    #: ``out_dir``). Unset: ``put`` with a FHIR base URL, else ``ndjson``.
+    writeback_mode: WritebackMode | None = None
+    #: The EHR's (or interface engine's) MLLP listener for ``hl7v2`` write-back.
+    v2_result_host: str | None = None
+    v2_result_port: int = Field(default=2575, ge=1, le=65535)
+    #: Seconds to wait for the connection and for each ACK.
+    v2_result_timeout_s: float = Field(default=10.0, gt=0)
+    #: TLS to the result listener: CA bundle (PEM) that signs its certificate. Unset: plain TCP.
+    v2_result_tls_ca: Path | None = None
+    #: Client certificate chain and key (PEM), for listeners that require mTLS.
+    v2_result_tls_cert: Path | None = None
+    v2_result_tls_key: Path | None = None
+    #: MSH-5 / MSH-6 of the result messages (how the interface engine routes them).
+    v2_result_receiving_application: str = ""
+    v2_result_receiving_facility: str = ""
+
+    @field_validator("writeback_mode", mode="before")
+    @classmethod
+    def _known_mode(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        mode = str(value).strip().lower()
+        if mode not in WRITEBACK_MODES:
+            raise ValueError(
+                f"ECGBRIDGE_WRITEBACK_MODE={value!r} is not a write-back mode; "
+                f"use one of {', '.join(WRITEBACK_MODES)}"
+            )
+        return mode
+
+    @model_validator(mode="after")
+    def _writeback_target(self) -> Self:
+        mode = self.effective_writeback_mode
+        if mode in ("put", "transaction") and not self.fhir_base_url:
+            raise ValueError(
+                f"ECGBRIDGE_WRITEBACK_MODE={mode} needs ECGBRIDGE_FHIR_BASE_URL "
+                "(the EHR's FHIR base)"
+            )
+        if mode == "hl7v2" and not self.v2_result_host:
+            raise ValueError(
+                "ECGBRIDGE_WRITEBACK_MODE=hl7v2 needs ECGBRIDGE_V2_RESULT_HOST "
+                "(and ECGBRIDGE_V2_RESULT_PORT, default 2575)"
+            )
+        if (self.v2_result_tls_cert is None) != (self.v2_result_tls_key is None):
+            raise ValueError(
+                "set both ECGBRIDGE_V2_RESULT_TLS_CERT and ECGBRIDGE_V2_RESULT_TLS_KEY, or neither"
+            )
+        return self
+
+    @property
+    def effective_writeback_mode(self) -> WritebackMode:
+        """``writeback_mode``, or ``put`` with a FHIR base URL, else ``ndjson``."""
+        if self.writeback_mode is not None:
+            return self.writeback_mode
+        return "put" if self.fhir_base_url else "ndjson"
 
     @property
     def effective_database_url(self) -> str:
@@ -70,6 +138,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ecgbridge.sqlite3').resolve()}"
+
+    @property
+    def accepted_topics(self) -> frozenset[str]:
+        """``subscription_topics`` as a set of canonical URLs."""
+        return frozenset(t.strip() for t in self.subscription_topics.split(",") if t.strip())
+
+    @property
+    def effective_ehr_base_url(self) -> str | None:
+        """Where notified resources are read from: ``ehr_fhir_base_url`` or ``fhir_base_url``."""
+        return self.ehr_fhir_base_url or self.fhir_base_url
 
     @property
     def broker_dir(self) -> Path:

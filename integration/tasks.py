@@ -36,7 +36,14 @@ from integration.inbox import Inbox
 from integration.pipeline import Explaining, explain_item, process_item
 from integration.settings import Settings
 from integration.smart import BackendServicesAuth, get_smart_settings
-from integration.writeback import FhirServerWriter, NdjsonSink, ReportWriter
+from integration.writeback import (
+    FhirServerWriter,
+    FhirTransactionWriter,
+    MllpResultWriter,
+    NdjsonSink,
+    ReportWriter,
+    client_tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +62,30 @@ def backoff_s(
 
 
 def make_writer(settings: Settings) -> ReportWriter:
-    """The FHIR server writer (with SMART Backend Services auth when configured), or the
-    ndjson sink."""
-    if settings.fhir_base_url:
-        return FhirServerWriter(
-            settings.fhir_base_url, timeout_s=settings.fhir_timeout_s, auth=smart_auth()
+    """The writer of ``settings.effective_writeback_mode`` (`integration.writeback`): FHIR
+    PUTs or one transaction (with SMART Backend Services auth when configured), HL7 v2 result
+    messages over MLLP, or the ndjson sink."""
+    mode = settings.effective_writeback_mode
+    if mode in ("put", "transaction"):
+        assert settings.fhir_base_url  # the settings refuse these modes without one
+        kind = FhirServerWriter if mode == "put" else FhirTransactionWriter
+        return kind(settings.fhir_base_url, timeout_s=settings.fhir_timeout_s, auth=smart_auth())
+    if mode == "hl7v2":
+        assert settings.v2_result_host  # the settings refuse the mode without one
+        tls = None
+        if settings.v2_result_tls_ca is not None:
+            tls = client_tls_context(
+                ca=settings.v2_result_tls_ca,
+                cert=settings.v2_result_tls_cert,
+                key=settings.v2_result_tls_key,
+            )
+        return MllpResultWriter(
+            settings.v2_result_host,
+            settings.v2_result_port,
+            timeout_s=settings.v2_result_timeout_s,
+            ssl_context=tls,
+            receiving_application=settings.v2_result_receiving_application,
+            receiving_facility=settings.v2_result_receiving_facility,
         )
     return NdjsonSink(settings.out_dir)
 

@@ -1,8 +1,32 @@
-"""Write-back of report resources: to the EHR's FHIR server, or to an ndjson file sink.
+"""Write-back of report resources: to the EHR's FHIR server, as an HL7 v2 result message,
+or to an ndjson file sink.
 
 Every resource has a deterministic id (derived from the inbox idempotency key and the model
-version), and is written with ``PUT [base]/[type]/[id]`` (update-as-create), so a retry after
-a timeout updates the same resource and never makes a second report.
+version), so a retry after a timeout updates the same resource and never makes a second
+report. The pipeline writes each report twice when explanations are on: ``preliminary``
+after triage, ``final`` with the explanations (the same ids: a new version).
+
+Modes (``ECGBRIDGE_WRITEBACK_MODE``, built by `integration.tasks.make_writer`):
+
+``put`` (`FhirServerWriter`; the default when ``ECGBRIDGE_FHIR_BASE_URL`` is set)
+    ``PUT [base]/[type]/[id]`` per resource (update-as-create), Observations first.
+``transaction`` (`FhirTransactionWriter`)
+    One ``POST [base]`` of a transaction Bundle of the same PUTs
+    (`mappers.fhir_report.report_bundle`): one round trip, all or nothing on servers that
+    honour transactions (some, like Medplum's in-memory engine, keep the entries processed
+    before a failing one; the idempotent PUTs make the retry or the next write whole).
+``hl7v2`` (`MllpResultWriter`)
+    One ORU^R01 result message per write (`mappers.hl7v2_result_out`) over MLLP (TLS when
+    ``ECGBRIDGE_V2_RESULT_TLS_CA`` is set) to ``ECGBRIDGE_V2_RESULT_HOST``:``_PORT``;
+    preliminary -> OBR-25 ``P``, final -> ``F``. MSH-10 is one per report and status, so a
+    resent write is a duplicate the receiver can recognise.
+``ndjson`` (`NdjsonSink`; the default without a FHIR base URL)
+    FHIR ndjson files under ``ECGBRIDGE_OUT_DIR``.
+
+Errors are one `WriteBackError` with ``transient`` set the same way for every mode:
+transient (the task retries with backoff) for timeouts, refused connections, HTTP 5xx, 408
+and 429, and HL7 ``AE``/``CE``; permanent (dead letter at once) for other HTTP 4xx (the
+server's OperationOutcome in the message) and HL7 ``AR``/``CR``.
 """
 
 from __future__ import annotations
@@ -13,7 +37,11 @@ import json
 import logging
 import os
 import re
+import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,8 +49,10 @@ import httpx
 
 from integration import failpoints
 from integration.errors import WriteBackError
+from integration.mllp_client import AckRejectedError, MllpClient
 from integration.smart import TokenError
-from mappers.fhir_r4 import ReportResources, resource_json
+from mappers.fhir_r4 import ReportResources, report_bundle, resource_json
+from mappers.hl7v2_result_out import report_result_oru, result_control_id, result_status
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +216,7 @@ class FhirServerWriter:
                 raise WriteBackError(
                     f"PUT {res['resourceType']}/{res['id']} -> {resp.status_code}: "
                     f"{_outcome_text(resp)}",
-                    transient=resp.status_code >= 500 or resp.status_code in (408, 429),
+                    transient=is_transient_status(resp.status_code),
                     status=resp.status_code,
                 )
             if res["resourceType"] == "DiagnosticReport":
@@ -199,15 +229,224 @@ class FhirServerWriter:
         self._client.close()
 
 
+def is_transient_status(status: int) -> bool:
+    """Whether a retry can help an HTTP error status: 5xx, 408 and 429 yes, other 4xx no."""
+    return status >= 500 or status in (408, 429)
+
+
 def _outcome_text(resp: httpx.Response) -> str:
     try:
         body = resp.json()
     except ValueError:
         return resp.text[:200]
-    issues = body.get("issue") if isinstance(body, dict) else None
+    return _issues_text(body) or resp.text[:200]
+
+
+def _issues_text(outcome: Any) -> str:
+    """The issues of an OperationOutcome, one line; "" when there are none."""
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
     if not issues:
-        return resp.text[:200]
+        return ""
     return "; ".join(
         str(i.get("details", {}).get("text") or i.get("diagnostics") or i.get("code"))
+        + (f" ({', '.join(map(str, i['expression']))})" if i.get("expression") else "")
         for i in issues
     )[:500]
+
+
+_VERSION_IN_URL = re.compile(r"/_history/([^/]+)$")
+
+
+class FhirTransactionWriter:
+    """One transaction Bundle of idempotent PUTs per write, ``POST [base]``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        transport: httpx.BaseTransport | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            timeout=timeout_s,
+            transport=transport,
+            auth=auth,
+            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
+        )
+
+    def write(self, resources: ReportResources) -> Written:
+        report_id = resources.diagnostic_report.id
+        what = f"transaction for DiagnosticReport/{report_id}"
+        bundle = report_bundle(resources)
+        try:
+            resp = self._client.post(self.base_url, content=json.dumps(bundle))
+        except TokenError as exc:
+            raise WriteBackError(
+                f"no access token for the FHIR server: {exc}", transient=exc.transient
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise WriteBackError(
+                f"{what} failed: {exc.__class__.__name__}", transient=True
+            ) from exc
+        if resp.status_code >= 300:
+            raise WriteBackError(
+                f"{what} -> {resp.status_code}: {_outcome_text(resp)}",
+                transient=is_transient_status(resp.status_code),
+                status=resp.status_code,
+            )
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        entries = body.get("entry") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or len(entries) != len(bundle["entry"]):
+            # Applied or not, we cannot tell; the PUTs are idempotent, so a retry is safe.
+            raise WriteBackError(
+                f"{what} -> {resp.status_code} without a transaction-response of "
+                f"{len(bundle['entry'])} entries",
+                transient=True,
+                status=resp.status_code,
+            )
+        version = ""
+        for sent, got in zip(bundle["entry"], entries, strict=True):
+            response = got.get("response") or {}
+            status = _entry_status(response.get("status"))
+            url = sent["request"]["url"]
+            if status is None or status >= 300:
+                raise WriteBackError(
+                    f"{what}: PUT {url} -> {response.get('status')}: "
+                    f"{_issues_text(response.get('outcome')) or 'no OperationOutcome'}",
+                    transient=status is None or is_transient_status(status),
+                    status=status,
+                )
+            if url.startswith("DiagnosticReport/"):
+                version = _entry_version(response, got.get("resource"))
+        ref = f"DiagnosticReport/{report_id}" + (f"/_history/{version}" if version else "")
+        return Written(report_ref=ref, location=f"{self.base_url}/DiagnosticReport/{report_id}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _entry_status(status: Any) -> int | None:
+    """``"201 Created"`` -> 201; None when it is not an HTTP status."""
+    head = str(status or "").strip()[:3]
+    return int(head) if head.isdigit() else None
+
+
+def _entry_version(response: dict[str, Any], resource: Any) -> str:
+    etag = str(response.get("etag") or "")
+    if etag:
+        return etag.removeprefix("W/").strip('"')
+    found = _VERSION_IN_URL.search(str(response.get("location") or ""))
+    if found:
+        return found.group(1)
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    return str((meta or {}).get("versionId") or "")
+
+
+class MllpResultWriter:
+    """An HL7 v2.5.1 ORU^R01 result message per write, over MLLP, ACK checked.
+
+    One connection per writer (a worker process), reopened when it fails; `MllpClient.deliver`
+    resends the same message (same MSH-10) on connection failures. AA/CA: written; AE/CE:
+    transient `WriteBackError`; AR/CR: permanent; no ACK after the attempts: transient.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        sending_application: str = "ECGBRIDGE",
+        receiving_application: str = "",
+        receiving_facility: str = "",
+        attempts: int = 3,
+        backoff_s: float = 0.25,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._client = MllpClient(host, port, timeout_s=timeout_s, ssl_context=ssl_context)
+        self._apps = (sending_application, receiving_application, receiving_facility)
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def write(self, resources: ReportResources) -> Written:
+        report_id = str(resources.diagnostic_report.id)
+        status = result_status(str(resources.diagnostic_report.status))
+        control_id = result_control_id(report_id, status)
+        sending, receiving, facility = self._apps
+        message = report_result_oru(
+            resources,
+            control_id=control_id,
+            now=self._clock(),
+            sending_application=sending,
+            receiving_application=receiving,
+            receiving_facility=facility,
+        )
+        what = f"ORU^R01 {control_id} (OBR-25 {status}) for DiagnosticReport/{report_id}"
+        failpoints.hit("during_writeback")
+        try:
+            ack = self._client.deliver(
+                message, attempts=self._attempts, backoff_s=self._backoff_s, sleep=self._sleep
+            )
+        except AckRejectedError as exc:
+            raise WriteBackError(
+                f"{what}: {self.host}:{self.port} answered {exc.code}: {_ack_text(exc.ack)}",
+                transient=exc.code in ("AE", "CE"),
+            ) from exc
+        except OSError as exc:  # MllpClientError (no ACK), refused, TLS failure
+            self._client.close()
+            raise WriteBackError(
+                f"{what}: no ACK from {self.host}:{self.port}: {exc}", transient=True
+            ) from exc
+        acked = _msa(ack, 2)
+        if acked != control_id:
+            self._client.close()  # out of step with the peer: start a fresh connection
+            raise WriteBackError(
+                f"{what}: the ACK from {self.host}:{self.port} is for {acked!r}", transient=True
+            )
+        log.info("result %s for DiagnosticReport/%s acknowledged", control_id, report_id)
+        return Written(
+            report_ref=f"DiagnosticReport/{report_id}",
+            location=f"mllp://{self.host}:{self.port}/{control_id}",
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def client_tls_context(*, ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """TLS 1.2+ to a result listener whose certificate `ca` signs (hostname checked), with a
+    client certificate when `cert` and `key` are given (mTLS)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _msa(ack: bytes, n: int) -> str:
+    for seg in ack.replace(b"\n", b"\r").split(b"\r"):
+        if seg.startswith(b"MSA"):
+            fields = seg.decode("utf-8", "replace").split(seg[3:4].decode() or "|")
+            return fields[n] if len(fields) > n else ""
+    return ""
+
+
+def _ack_text(ack: bytes) -> str:
+    """MSA-3 and ERR-8 of a negative ACK, for the error (the peer's words, cut short)."""
+    texts = [_msa(ack, 3)]
+    for seg in ack.replace(b"\n", b"\r").split(b"\r"):
+        if seg.startswith(b"ERR"):
+            fields = seg.decode("utf-8", "replace").split("|")
+            texts.append(fields[8] if len(fields) > 8 else "")
+    return "; ".join(t for t in texts if t)[:300] or "no text"

@@ -6,7 +6,12 @@ Two ``rest`` entries, because ecgbridge plays both parts:
   an ECG Observation, MDC 131328 with one SampledData component per lead) and ``POST [base]``
   with a Bundle of them (declared as ``batch``: each entry is taken on its own), both answered
   ``202 Accepted`` with a ``Location`` to poll; ``GET [base]/StructureDefinition/[id]`` (read)
-  for the published profiles and extensions.
+  for the published profiles and extensions; ``GET [base]/DiagnosticReport/[id]`` (read) and
+  ``GET [base]/DiagnosticReport?subject=...`` (search-type) for the reports ecgbridge wrote,
+  when they can be read back; and ``POST [base]/subscription-notification``, a rest-hook
+  endpoint for FHIR Subscriptions Backport (R4) notifications of the accepted topics
+  (documented in ``rest.documentation``: it is no FHIR interaction a CapabilityStatement
+  has a code for).
 * ``client``: what ecgbridge writes back to the EHR's FHIR server, each with
   ``PUT [type]/[id]`` (update-as-create): the DiagnosticReport and its Observations, which
   declare the project's profiles (``supportedProfile``), the Provenance, and the ED-alert
@@ -19,6 +24,7 @@ Pure: the statement is built from its arguments and validated as an R4 model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,10 +42,18 @@ def _interactions(*codes: tuple[str, str]) -> list[dict[str, str]]:
 
 
 def capability_statement(
-    *, software_version: str, base_url: str, date: datetime, bearer_auth: bool = False
+    *,
+    software_version: str,
+    base_url: str,
+    date: datetime,
+    bearer_auth: bool = False,
+    report_read: bool = False,
+    subscription_topics: Sequence[str] = (),
 ) -> CapabilityStatement:
     """The statement for an ecgbridge API at `base_url` (``https://host/fhir``); `date` is
-    when it last changed (the app's start); `bearer_auth` when the intake needs a token."""
+    when it last changed (the app's start); `bearer_auth` when the intake needs a token;
+    `report_read` when the written DiagnosticReports can be read and searched;
+    `subscription_topics` the SubscriptionTopic URLs whose notifications are accepted."""
     accepted = (
         "202 Accepted once the ECG is committed, with a Location (/ecg/<id>) to poll for the "
         "report; invalid resources get a 422 OperationOutcome naming the element"
@@ -61,7 +75,8 @@ def capability_statement(
                 "documentation": "The profiles and extensions ecgbridge publishes.",
                 "interaction": _interactions(("read", "The JSON file as published.")),
             },
-        ],
+        ]
+        + ([_report_resource()] if report_read else []),
         "interaction": _interactions(
             (
                 "batch",
@@ -70,9 +85,21 @@ def capability_statement(
             )
         ),
     }
+    if subscription_topics:
+        server["documentation"] += (
+            " Subscription notifications (FHIR Subscriptions R5 Backport, R4 "
+            "backport-subscription-notification-r4 Bundles, rest-hook): POST "
+            "[base]/subscription-notification, for the topics "
+            + ", ".join(sorted(subscription_topics))
+            + "; handshake and heartbeat answered 200, event notifications 202 once each "
+            "focused ECG Observation (read from the EHR for id-only payloads) is committed."
+        )
     if bearer_auth:
         server["security"] = {
-            "description": "The intake needs an Authorization: Bearer token.",
+            "description": (
+                "The intake and subscription notifications need an Authorization: Bearer "
+                "token (system/Observation.write); report reads system/DiagnosticReport.read."
+            ),
         }
     written = "PUT [type]/[id] (update-as-create, deterministic id: a retry never duplicates)"
     client: dict[str, Any] = {
@@ -127,3 +154,34 @@ def capability_statement(
         "rest": [server, client],
     }
     return validate_resource(CapabilityStatement, data, path="CapabilityStatement")
+
+
+def _report_resource() -> dict[str, Any]:
+    reference = "http://hl7.org/fhir/SearchParameter/clinical-patient"
+    return {
+        "type": "DiagnosticReport",
+        "profile": REPORT_PROFILE,
+        "supportedProfile": [REPORT_PROFILE],
+        "documentation": (
+            "The reports ecgbridge wrote, as written (the final version once explanations "
+            "are in); found through its own store, keyed by a hash of the patient identifier."
+        ),
+        "interaction": _interactions(
+            ("read", "404 OperationOutcome for a report ecgbridge did not write."),
+            ("search-type", "By patient only; newest first; _count up to 200, no paging."),
+        ),
+        "searchParam": [
+            {
+                "name": "subject",
+                "definition": "http://hl7.org/fhir/SearchParameter/DiagnosticReport-subject",
+                "type": "reference",
+                "documentation": "Patient/<id>; the :identifier modifier takes [system|]value.",
+            },
+            {
+                "name": "patient",
+                "definition": reference,
+                "type": "reference",
+                "documentation": "Patient/<id> or <id>; :identifier as for subject.",
+            },
+        ],
+    }

@@ -34,6 +34,8 @@ class EventKind(StrEnum):
     AUDIT_VIEWED = "audit.viewed"
     #: A subgroup's positive rate left its reference band (integration.fairness_monitor).
     FAIRNESS_DRIFT = "fairness.drift"
+    #: A written DiagnosticReport was read or searched through ``GET /fhir/DiagnosticReport``.
+    REPORT_READ = "report.read"
 
 
 class Outcome(StrEnum):

@@ -46,6 +46,7 @@ _TYPES: dict[EventKind, tuple[str, str, str]] = {
     EventKind.AUDIT_ARCHIVED: ("110106", "Export", "E"),
     EventKind.AUDIT_VIEWED: ("110112", "Query", "E"),
     EventKind.FAIRNESS_DRIFT: ("110100", "Application Activity", "E"),
+    EventKind.REPORT_READ: ("110110", "Patient Record", "R"),
 }
 
 

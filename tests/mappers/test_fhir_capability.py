@@ -74,3 +74,21 @@ def test_naive_date_is_taken_as_utc() -> None:
         capability_statement(software_version="1", base_url=BASE, date=WHEN.replace(tzinfo=None))
     )
     assert naive["date"] == cs["date"]
+
+
+def test_report_read_and_search_are_declared_when_reports_can_be_read() -> None:
+    server = _rest(_statement(report_read=True), "server")
+    by_type = {r["type"]: r for r in server["resource"]}
+    report = by_type["DiagnosticReport"]
+    assert _interactions(report) == {"read", "search-type"}
+    assert {p["name"] for p in report["searchParam"]} == {"subject", "patient"}
+    assert report["supportedProfile"] == [REPORT_PROFILE]
+    assert "DiagnosticReport" not in {r["type"] for r in _rest(_statement(), "server")["resource"]}
+
+
+def test_subscription_topics_are_documented_on_the_server() -> None:
+    topic = "https://ehr.example.org/SubscriptionTopic/ecg"
+    server = _rest(_statement(subscription_topics=[topic]), "server")
+    assert topic in server["documentation"]
+    assert "subscription-notification" in server["documentation"]
+    assert "subscription-notification" not in _rest(_statement(), "server")["documentation"]
