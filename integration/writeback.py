@@ -52,7 +52,12 @@ from integration.errors import WriteBackError
 from integration.mllp_client import AckRejectedError, MllpClient
 from integration.smart import TokenError
 from mappers.fhir_r4 import ReportResources, report_bundle, resource_json
-from mappers.hl7v2_result_out import report_result_oru, result_control_id, result_status
+from mappers.hl7v2_result_out import (
+    build_result_oru,
+    report_result_oru,
+    result_control_id,
+    result_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -384,14 +389,23 @@ class MllpResultWriter:
         status = result_status(str(resources.diagnostic_report.status))
         control_id = result_control_id(report_id, status)
         sending, receiving, facility = self._apps
-        message = report_result_oru(
-            resources,
-            control_id=control_id,
-            now=self._clock(),
-            sending_application=sending,
-            receiving_application=receiving,
-            receiving_facility=facility,
-        )
+        apps = {
+            "sending_application": sending,
+            "receiving_application": receiving,
+            "receiving_facility": facility,
+        }
+        if resources.result is not None and resources.record is not None:
+            # from the domain objects: the ECG's own order number (OBR-2) and sex (PID-8)
+            message = build_result_oru(
+                resources.result,
+                resources.record,
+                control_id=control_id,
+                now=self._clock(),
+                status=status,
+                **apps,
+            )
+        else:
+            message = report_result_oru(resources, control_id=control_id, now=self._clock(), **apps)
         what = f"ORU^R01 {control_id} (OBR-25 {status}) for DiagnosticReport/{report_id}"
         failpoints.hit("during_writeback")
         try:

@@ -91,6 +91,10 @@ class ReportResources:
     diagnostic_report: DiagnosticReport
     observations: tuple[Observation, ...]
     provenance: Provenance
+    #: What they were built from, for writers that speak another format (HL7 v2 results):
+    #: not written, never serialised.
+    result: AnalysisResult | None = None
+    record: EcgRecord | None = None
 
 
 def _instant(when: datetime) -> str:
@@ -490,6 +494,8 @@ def build_report(
             validate_resource(Observation, o, path="Observation") for o in observations
         ),
         provenance=validate_resource(Provenance, provenance, path="Provenance"),
+        result=result,
+        record=record,
     )
 
 

@@ -212,6 +212,12 @@ def test_v2_preliminary_then_final(peer: PeerServer, reports: dict[str, ReportRe
     assert all(g["message"].split("|")[4] == "EHR" for g in got)  # MSH-5
     assert first.report_ref == second.report_ref == "DiagnosticReport/ecg-r1"
     assert second.location.endswith(result_control_id("ecg-r1", "F"))
+    # built from the analysis and the ECG themselves: the patient's sex in PID-8
+    record = reports["final"].record
+    assert record is not None
+    pid = next(s for s in got[1]["message"].split("\r") if s.startswith("PID"))
+    sex = {"male": "M", "female": "F"}.get(record.demographics.sex.value, "U")
+    assert pid.split("|")[8] == sex
 
 
 @pytest.mark.parametrize(
