@@ -5,9 +5,9 @@ is the rules file, by `Explainer.load`):
 
 * integrated-gradient attributions of the triage (MI) logit and of each territory logit,
   per (lead, segment) (`inference.explain.attribution`);
-* the counterfactual: the smallest ST/T edit that flips the triage at the shipped threshold,
-  verified by re-scoring the edited record through the analyzer
-  (`inference.explain.counterfactual`);
+* the counterfactual: the smallest per-lead ST / T / QRS (Q-wave depth, R amplitude) edit
+  that flips the triage at the shipped threshold, verified by re-scoring the edited record
+  through the analyzer (`inference.explain.counterfactual`);
 * the distilled IF-THEN rule that fires for the record, with the rule set's fold-9 fidelity
   (`inference.explain.rules`);
 * the delineation measurements and the picture's extras (edited signals, highlight spans).
@@ -41,9 +41,11 @@ from inference.explain.attribution import (
     integrated_gradients,
 )
 from inference.explain.counterfactual import (
+    EDIT_KINDS,
     EDIT_SEGMENTS,
     Edit,
     EditSpace,
+    edit_bounds,
     logit_threshold,
     round_away,
     search,
@@ -56,6 +58,7 @@ from inference.explain.segments import (
     ModelGrid,
     measurements,
     model_grid,
+    qrs_shapes,
     segment_labels,
     st_shape,
     t_shape,
@@ -72,7 +75,10 @@ METHOD = (
     "integrated gradients (zero baseline, {steps} steps; territories {t_steps}) of the "
     "ensemble-mean logit; per (lead, segment) share of total |IG|"
 )
-CF_METHOD = "greedy gradient-ranked ST/T edit search with batched line search and pruning"
+CF_METHOD = (
+    "greedy gradient-ranked ST/T/QRS edit search with batched line search, joint fallback, "
+    "pruning, minimax refinement and shrinking"
+)
 #: Attributions listed in the JSON and highlighted in the picture.
 TOP_ATTRIBUTIONS = 5
 TOP_HIGHLIGHTS = 3
@@ -87,12 +93,14 @@ _DERIVED = {  # limb lead -> coefficients on (I, II), as `to_model_leads` derive
 @dataclass(frozen=True, slots=True)
 class ExplainConf:
     """Integration steps of the triage and territory IG (0: no territory attributions); how
-    many top items to report. 8 steps for the territories: on PTB-XL records the (lead,
-    segment) shares at 8 steps differ from 64 steps by 0.005-0.010 in total variation (16
-    steps: 0.002-0.005), and each step of each output costs a backward pass."""
+    many top items to report. 4 steps for the territories: on PTB-XL fold-9 records their
+    (lead, segment) shares at 4 steps differ from 64 steps by 0.007-0.037 in total variation
+    (8 steps: 0.003-0.010), and each step of each of the three outputs costs a backward
+    pass; the 4 steps pay for the counterfactual's QRS edits and refinement within the
+    2 s budget."""
 
     ig_steps: int = 16
-    territory_ig_steps: int = 8
+    territory_ig_steps: int = 4
     top_attributions: int = TOP_ATTRIBUTIONS
     top_highlights: int = TOP_HIGHLIGHTS
 
@@ -231,13 +239,11 @@ class Explainer:
         self._meta = analyzer.weights.meta
         self._rules = rules
         self._conf = conf or ExplainConf()
-        self._quality_conf = quality_conf or QualityConf()
-        # A private copy of the network: gradients need it, the analyzer's stays untouched.
-        model: EcgEnsemble = analyzer.weights.load_model(analyzer.device)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self._model = model
+        self._quality_conf = quality_conf or analyzer.quality_conf
+        # The analyzer's own network (eval mode). Gradients are taken with respect to the
+        # input only (`torch.autograd.grad(..., inputs)`): the parameters' requires_grad and
+        # .grad stay as they are, and the forward passes only read the weights.
+        self._model: EcgEnsemble = analyzer.model
         tasks = self._meta.tasks
         self._triage = tasks.index(TRIAGE_TASK)
         self._territories = {t: tasks.index(t) for t in TASK_VESSEL if t in tasks}
@@ -366,6 +372,34 @@ class Explainer:
             timings=timings,
         )
 
+    def edit_space(
+        self, record: EcgRecord, leads: npt.NDArray[np.float32], delin: Delineation
+    ) -> tuple[EditSpace, npt.NDArray[np.float64], dict[int, int]]:
+        """The counterfactual's edit space of a record, the edit shapes (12, 4, n) per model
+        lead and `EDIT_KINDS` at the record's rate, and model lead -> record row."""
+        n, fs, n_leads = record.n_samples, record.fs_hz, len(LEADS_12)
+        qrs = qrs_shapes(leads, delin.beats, fs)
+        shapes = np.empty((n_leads, len(EDIT_KINDS), n), dtype=np.float64)
+        shapes[:, 0] = st_shape(delin.beats, n, fs)
+        shapes[:, 1] = t_shape(delin.beats, n, fs)
+        shapes[:, 2] = qrs.q
+        shapes[:, 3] = qrs.r
+        rows = _record_rows(record)
+        bounds = edit_bounds(qrs.q_mv, qrs.r_mv)
+        bounds[[m not in rows for m in range(n_leads)]] = 0.0
+        bounds[:, :2] *= shapes[0, :2].max(axis=1) > 0  # no ST / T edit without the segment
+        conf = self._unclipped
+        flat = shapes.reshape(n_leads * len(EDIT_KINDS), n).astype(np.float32)
+        basis = preprocess(flat, fs, conf).reshape(n_leads, len(EDIT_KINDS), -1)
+        space = EditSpace(
+            x0=torch.from_numpy(preprocess(leads, fs, conf)),
+            basis=torch.from_numpy(basis),
+            mixing=torch.from_numpy(_mixing(rows)),
+            bounds=bounds,
+            clip=self._meta.preprocess.clip,
+        )
+        return space, shapes, rows
+
     def _counterfactual(
         self,
         record: EcgRecord,
@@ -374,29 +408,25 @@ class Explainer:
         grid: ModelGrid,
         p0: float,
     ) -> tuple[Counterfactual, npt.NDArray[np.float32]]:
-        n, fs = record.n_samples, record.fs_hz
-        shapes = np.stack([st_shape(delin.beats, n, fs), t_shape(delin.beats, n, fs)])
-        conf = self._unclipped
-        basis = preprocess(shapes.astype(np.float32), fs, conf)
-        rows = _record_rows(record)
-        space = EditSpace(
-            x0=torch.from_numpy(preprocess(leads, fs, conf)),
-            basis=torch.from_numpy(basis),
-            mixing=torch.from_numpy(_mixing(rows)),
-            editable=np.array([m in rows for m in range(len(LEADS_12))]),
-            present=shapes.max(axis=1) > 0,
-            clip=self._meta.preprocess.clip,
-        )
+        fs = record.fs_hz
+        space, shapes, rows = self.edit_space(record, leads, delin)
+        bounds = space.bounds
         result = search(self.logits, space, task=self._triage, z_threshold=self._z_threshold)
-        d = round_away(result.edits)
+        d = round_away(result.edits, bounds)
         edited = np.array(record.signals_mv, dtype=np.float64)
         for m, row in rows.items():
-            edited[row] += d[m] @ shapes
+            edited[row] += d[m] @ shapes[m]
         edited32 = edited.astype(np.float32)
         edits = tuple(
-            Edit(LEADS_12[m], EDIT_SEGMENTS[s].value, float(d[m, s]))
-            for m, s in result.order
-            if d[m, s] != 0.0
+            Edit(
+                LEADS_12[m],
+                EDIT_SEGMENTS[k].value,
+                float(d[m, k]),
+                wave=EDIT_KINDS[k],
+                bound_mv=float(bounds[m, k]),
+            )
+            for m, k in result.order
+            if d[m, k] != 0.0
         )
         if not edits:
             return Counterfactual((), False, p0, p0), edited32

@@ -1,7 +1,8 @@
 """Explain the explainer: IF-THEN rules distilled from the counterfactual search.
 
 A depth-limited decision tree (fitted by `inference.explain.distill` with sklearn) predicts
-the counterfactual explainer's *first* edit (lead group + segment) from the delineation
+the counterfactual explainer's *first* edit (lead group + segment: ST, T or QRS, the
+last for a Q-wave or R-wave edit) from the delineation
 measurements of the ECG (per-lead ST at J+60 ms, T amplitude, QRS duration, heart rate,
 QTc) and the triage decision. The tree travels as JSON (`RuleTree`) and is evaluated here
 without sklearn: at an internal node go left when ``float32(value) <= threshold`` (sklearn

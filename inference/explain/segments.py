@@ -6,7 +6,7 @@ The model sees `preprocess` of the record: resampled to ``conf.fs_hz`` by a poly
 `ModelGrid` replays that index arithmetic, so a sample of the record (at its own rate) has a
 known place on the model's input, and a model sample a known time in the recording.
 
-Edit shapes (at the record's own rate, values in [0, 1], continuous, no step anywhere):
+Edit shapes (at the record's own rate, >= 0, continuous, no step anywhere; ST and T in [0, 1]):
 
 * ST: raised-cosine rise over the first `EDGE_MS` after the J point, plateau (= 1) up to the
   T onset, raised-cosine fall over the `EDGE_MS` after the T onset. The delineation makes ST at
@@ -14,6 +14,10 @@ Edit shapes (at the record's own rate, values in [0, 1], continuous, no step any
   level at J+60 ms by exactly ``d``.
 * T: a raised-cosine bump from T onset through T peak (= 1) to T end, each flank at least
   `EDGE_MS` long: a T edit of ``d`` mV moves the T peak by exactly ``d``.
+* Q and R (per lead, `qrs_shapes`): the lead's own initial negative QRS deflection and the
+  positive part of its QRS, measured from the PR level, with raised-cosine ends of
+  `QRS_EDGE_MS`, divided by the median beat's peak: scaling the real waves, not adding
+  synthetic ones.
 
 Beats where the segment is absent get no edit; overlapping beats take the maximum, never the
 sum.
@@ -170,3 +174,92 @@ def t_shape(beats: BeatBoundaries, n_samples: int, fs_hz: float) -> FloatArray:
         values = np.concatenate([_ramp(rise), [1.0], _ramp(fall)[::-1]])
         _put(shape, peak - rise, values)
     return shape
+
+
+#: QRS edits: the level before the QRS (the PR segment) is the mean of this window before
+#: QRS onset; deflections within +-`QRS_EPS_MV` of it are noise, not a wave.
+PR_WINDOW_MS = 10.0
+QRS_EPS_MV = 0.02
+#: Raised-cosine taper at both ends of a scaled QRS deflection.
+QRS_EDGE_MS = 6.0
+
+
+@dataclass(frozen=True)
+class QrsShapes:
+    """Per-lead QRS edit shapes at the record's rate, shape (leads, n), and the median-beat
+    peak of each deflection (mV, >= 0; 0 where the lead has no such deflection).
+
+    ``q``: the initial negative deflection (the Q wave, or the whole QS complex) of every
+    beat, sign-flipped and divided by the lead's median Q depth, so an edit ``d * q`` raises
+    the trough of the median beat's Q by ``d`` mV (d < 0: a deeper Q) and scales every beat's
+    Q by the same factor ``1 - d / q_mv``. ``r``: the positive part of the QRS divided by the
+    median R amplitude: ``d * r`` changes the median R peak by ``d`` mV, every R by the
+    factor ``1 + d / r_mv``. Both are the lead's own waveform times a window with
+    raised-cosine ends, so they are as smooth as the ECG itself and zero outside the QRS."""
+
+    q: FloatArray
+    r: FloatArray
+    q_mv: FloatArray
+    r_mv: FloatArray
+
+
+def _taper(n: int, edge: int) -> FloatArray:
+    """1 inside, raised-cosine ends of `edge` samples (shorter for short spans)."""
+    e = max(1, min(edge, n // 2))
+    w = np.ones(n, dtype=np.float64)
+    w[:e] = _ramp(e)
+    w[n - e :] = np.minimum(w[n - e :], _ramp(e)[::-1])
+    return w
+
+
+def _beat_deflections(y: FloatArray, edge: int) -> tuple[FloatArray | None, FloatArray]:
+    """The (tapered) initial negative deflection of one QRS (None when the QRS starts
+    upward) and its positive part, both as offsets from the PR level."""
+    above = np.flatnonzero(y > QRS_EPS_MV)
+    below = np.flatnonzero(y < -QRS_EPS_MV)
+    positive = np.maximum(y, 0.0) * _taper(y.shape[0], edge)
+    if below.size == 0 or (above.size and above[0] < below[0]):
+        return None, positive
+    back = np.flatnonzero(y[below[0] :] >= 0.0)
+    end = int(below[0] + back[0]) if back.size else y.shape[0]
+    q = np.zeros_like(y)
+    q[:end] = np.minimum(y[:end], 0.0) * _taper(end, edge)
+    return q, positive
+
+
+def qrs_shapes(
+    signals_mv: npt.NDArray[np.float32], beats: BeatBoundaries, fs_hz: float
+) -> QrsShapes:
+    """The Q and R edit shapes of every lead of `signals_mv` (leads, n) (see `QrsShapes`).
+
+    A lead gets a Q shape only when at least half its beats start with a negative
+    deflection (otherwise ``q_mv`` = 0 and the shape is zero)."""
+    n_leads, n = signals_mv.shape
+    edge = max(1, round(QRS_EDGE_MS * fs_hz / 1000.0))
+    pr = max(1, round(PR_WINDOW_MS * fs_hz / 1000.0))
+    q = np.zeros((n_leads, n), dtype=np.float64)
+    r = np.zeros((n_leads, n), dtype=np.float64)
+    q_mv = np.zeros(n_leads, dtype=np.float64)
+    r_mv = np.zeros(n_leads, dtype=np.float64)
+    spans = [(int(s), int(e)) for s, e in zip(beats.qrs_on, beats.qrs_off, strict=True)]
+    spans = [(s, e) for s, e in spans if s >= 1 and e > s + 2 and e <= n]
+    if not spans:
+        return QrsShapes(q, r, q_mv, r_mv)
+    for lead in range(n_leads):
+        v = signals_mv[lead].astype(np.float64)
+        depths: list[float] = []
+        heights: list[float] = []
+        for s, e in spans:
+            y = v[s:e] - float(v[max(s - pr, 0) : s].mean())
+            qd, rd = _beat_deflections(y, edge)
+            r[lead, s:e] = rd
+            heights.append(float(rd.max()))
+            if qd is not None:
+                q[lead, s:e] = -qd
+                depths.append(float(qd.min()) * -1.0)
+        r_mv[lead] = float(np.median(heights))
+        if 2 * len(depths) >= len(spans):
+            q_mv[lead] = float(np.median(depths))
+        q[lead] = q[lead] / q_mv[lead] if q_mv[lead] > 0 else 0.0
+        r[lead] = r[lead] / r_mv[lead] if r_mv[lead] > 0 else 0.0
+    return QrsShapes(q, r, q_mv, r_mv)

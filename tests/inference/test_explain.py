@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from inference.analyzer import Analyzer
-from inference.delineation import delineate
+from inference.delineation import Segment, delineate
 from inference.errors import EcgValidationError
 from inference.explain import (
+    MAX_QRS_DELTA_MV,
     MAX_ST_SHIFT_MV,
     MAX_T_DELTA_MV,
+    Q_SCALE_RANGE,
+    R_SCALE_RANGE,
     Explainer,
     Explanation,
     RulesError,
@@ -28,12 +31,20 @@ from inference.explain import (
     measure,
 )
 from inference.explain.attribution import remove_units
-from inference.explain.counterfactual import logit_threshold, round_away
+from inference.explain.counterfactual import (
+    EDIT_KINDS,
+    MIN_WAVE_MV,
+    edit_bounds,
+    logit_threshold,
+    round_away,
+)
 from inference.explain.rules import feature_names, load_rules
 from inference.explain.segments import (
     EDGE_MS,
+    QRS_EDGE_MS,
     SEGMENTS,
     model_grid,
+    qrs_shapes,
     st_shape,
     t_shape,
 )
@@ -41,9 +52,10 @@ from inference.preprocess import PreprocessConf, preprocess
 from inference.record import LEADS_12, EcgRecord
 
 #: Records of the fixture: ptbxl-193 (normal), ptbxl-9480 (inferior MI, p ~ 0.92),
-#: ptbxl-6615 (borderline positive, p ~ 0.41).
+#: ptbxl-6615 (borderline positive, p ~ 0.41). The counterfactual of ptbxl-9480 includes a
+#: QRS (Q-wave) edit.
 CHOSEN = ("ptbxl-193", "ptbxl-9480", "ptbxl-6615")
-BOUNDS = {"ST": MAX_ST_SHIFT_MV, "T": MAX_T_DELTA_MV}
+LIMITS = {"ST": MAX_ST_SHIFT_MV, "T": MAX_T_DELTA_MV, "Q": MAX_QRS_DELTA_MV, "R": MAX_QRS_DELTA_MV}
 CONTRACT_KEYS = {
     "attributions",
     "counterfactual",
@@ -117,28 +129,110 @@ def test_attributions_sorted_and_sum_at_most_one(explained: list[Explanation]) -
             assert span.lead in LEADS_12 and 0.0 <= span.start_s < span.end_s <= 10.0
 
 
+def test_qrs_shapes_scale_the_leads_own_waves(chosen: list[EcgRecord]) -> None:
+    record = chosen[1]  # inferior MI: Q waves in the inferior leads
+    v = record.signals_mv.astype(np.float64)
+    delin = delineate(record.signals_mv, record.fs_hz, LEADS_12)
+    qrs = qrs_shapes(record.signals_mv, delin.beats, record.fs_hz)
+    inside = delin.beats.mask(Segment.QRS, record.n_samples)
+    edge = round(QRS_EDGE_MS * record.fs_hz / 1000.0)
+    assert qrs.q_mv[LEADS_12.index("III")] >= MIN_WAVE_MV
+    for shape, amp in ((qrs.q, qrs.q_mv), (qrs.r, qrs.r_mv)):
+        assert shape.shape == v.shape
+        assert np.all(shape[:, ~inside] == 0.0)  # nothing outside the QRS
+        assert shape.min() >= 0.0
+        for lead in np.flatnonzero(amp > 0):
+            # 1 at the median beat's peak: delta_mv is the median peak's change
+            peaks = [shape[lead, s:e].max() for s, e in delin.beats.spans(Segment.QRS)]
+            assert float(np.median([p for p in peaks if p > 0])) == pytest.approx(1.0, abs=0.05)
+            # as smooth as the lead itself plus the raised-cosine taper: no jump anywhere
+            wave = shape[lead] * amp[lead]
+            allowed = np.abs(np.diff(v[lead])).max() + np.abs(wave).max() * math.pi / (2 * edge)
+            assert np.abs(np.diff(wave)).max() <= allowed * 1.01
+
+
+def test_edit_bounds_follow_the_named_ranges() -> None:
+    q = np.array([0.0, 0.04, 0.2, 2.0])
+    r = np.array([1.0, 0.03, 0.5, 3.0])
+    b = edit_bounds(q, r)
+    assert list(EDIT_KINDS) == ["ST", "T", "Q", "R"]
+    assert np.all(b[:, 0] == MAX_ST_SHIFT_MV) and np.all(b[:, 1] == MAX_T_DELTA_MV)
+    q_frac = min(1 - Q_SCALE_RANGE[0], Q_SCALE_RANGE[1] - 1)
+    r_frac = min(1 - R_SCALE_RANGE[0], R_SCALE_RANGE[1] - 1)
+    assert list(b[:, 2]) == pytest.approx([0.0, 0.0, q_frac * 0.2, MAX_QRS_DELTA_MV])
+    assert list(b[:, 3]) == pytest.approx([r_frac * 1.0, 0.0, r_frac * 0.5, MAX_QRS_DELTA_MV])
+
+
 def test_counterfactual_edits_stay_in_bounds_and_smooth(
     explained: list[Explanation], chosen: list[EcgRecord]
 ) -> None:
+    kinds: set[str] = set()
     for ex, record in zip(explained, chosen, strict=True):
         cf = ex.counterfactual
         assert cf is not None and cf.edits
         assert len({(e.lead, e.segment) for e in cf.edits}) == len(cf.edits)
         for e in cf.edits:
-            assert 0.0 < abs(e.delta_mv) <= BOUNDS[e.segment]
+            assert e.segment == {"Q": "QRS", "R": "QRS"}.get(e.wave, e.wave)
+            assert 0.0 < abs(e.delta_mv) <= e.bound_mv <= LIMITS[e.wave]
             assert e.delta_mv == round(e.delta_mv, 2)
+        kinds |= {e.wave for e in cf.edits}
         assert ex.edited_signals_mv is not None
         assert ex.edited_signals_mv.shape == record.signals_mv.shape
         assert ex.edited_signals_mv.dtype == np.float32
-        diff = ex.edited_signals_mv.astype(np.float64) - record.signals_mv
+        v = record.signals_mv.astype(np.float64)
+        diff = ex.edited_signals_mv.astype(np.float64) - v
         edited_leads = {LEADS_12.index(e.lead) for e in cf.edits}
         untouched = [i for i in range(12) if i not in edited_leads]
         assert np.abs(diff[untouched]).max() < 1e-6
-        largest = max(abs(e.delta_mv) for e in cf.edits)
-        # no jump: at 500 Hz a 20 ms raised cosine of d mV steps at most d * pi / 20 a sample
-        assert np.abs(np.diff(diff, axis=1)).max() <= 2 * largest * math.pi / 20 + 1e-4
-        # the edit reaches its stated size: the largest change equals the largest delta
-        assert np.abs(diff).max() == pytest.approx(largest, abs=0.02)
+        # no jump: at 500 Hz a 20 ms raised cosine of d mV steps at most d * pi / 40 a
+        # sample; a QRS edit scales the lead's own (tapered) deflection by d / amplitude
+        qrs = qrs_shapes(record.signals_mv, delineate(v, record.fs_hz, LEADS_12).beats, 500.0)
+        edge = round(QRS_EDGE_MS * record.fs_hz / 1000.0)
+        for lead in edited_leads:
+            allowed = 1e-4
+            for e in (e for e in cf.edits if LEADS_12.index(e.lead) == lead):
+                if e.wave in ("ST", "T"):
+                    allowed += abs(e.delta_mv) * math.pi / 20
+                else:
+                    amp = (qrs.q_mv if e.wave == "Q" else qrs.r_mv)[lead]
+                    own = np.abs(np.diff(v[lead])).max() + np.abs(v[lead]).max() * math.pi / edge
+                    allowed += abs(e.delta_mv) / amp * own
+            assert np.abs(np.diff(diff[lead])).max() <= allowed
+        st_t = [e for e in cf.edits if e.wave in ("ST", "T")]
+        if len(st_t) == len(cf.edits):
+            # an ST / T edit reaches its stated size: the largest change equals the largest delta
+            largest = max(abs(e.delta_mv) for e in cf.edits)
+            assert np.abs(diff).max() == pytest.approx(largest, abs=0.02)
+    assert "Q" in kinds or "R" in kinds  # ptbxl-9480's flip includes a QRS edit
+
+
+def test_edit_space_is_what_the_analyzer_sees(
+    explainer: Explainer, chosen: list[EcgRecord], analyzer: Analyzer
+) -> None:
+    """A QRS (and ST / T) edit applied to the real waveform and re-scored by the analyzer
+    gives the logit the search computed from the linear edit space."""
+    record = chosen[1]
+    leads = record.signals_mv.astype(np.float32)
+    delin = delineate(leads, record.fs_hz, LEADS_12)
+    space, shapes, rows = explainer.edit_space(record, leads, delin)
+    d = np.zeros((12, len(EDIT_KINDS)))
+    iii, v2 = LEADS_12.index("III"), LEADS_12.index("V2")
+    d[iii, 2] = -space.bounds[iii, 2]  # deepest plausible Q in III
+    d[v2, 3] = space.bounds[v2, 3]  # tallest plausible R in V2
+    d[v2, 0] = 0.1
+    assert d[iii, 2] < 0 and d[v2, 3] > 0
+    edited = record.signals_mv.astype(np.float64)
+    for m, row in rows.items():
+        edited[row] += d[m] @ shapes[m]
+    meta = analyzer.weights.meta
+    with torch.no_grad():
+        logits = explainer.logits(space.inputs(torch.from_numpy(d).float()[None]))
+    z = float(logits[0, meta.tasks.index("mi")])
+    p = analyzer.analyze(
+        dataclasses.replace(record, signals_mv=edited.astype(np.float32), record_id="edited")
+    ).triage
+    assert p is not None
+    assert float(meta.calibration["mi"](z)) == pytest.approx(p.probability, abs=1e-4)
 
 
 def test_valid_counterfactual_flips_the_analyzers_own_decision(
@@ -196,7 +290,7 @@ def test_to_json_matches_the_contract(explained: list[Explanation]) -> None:
         assert set(cf) == {"edits", "valid", "new_probability", "original_probability", "method"}
         for e in cf["edits"]:
             assert set(e) == {"lead", "segment", "delta_mv"}
-            assert e["segment"] in {"ST", "T"}
+            assert e["segment"] in {"ST", "T", "QRS"}
         if ex.rule is not None:
             assert data["rule"].startswith(("IF ", "ALWAYS ")) and "THEN first edit on" in ex.rule
             assert 0.0 <= data["rule_fidelity"] <= 1.0
@@ -305,5 +399,6 @@ def test_logit_threshold_and_rounding(analyzer: Analyzer) -> None:
     z = logit_threshold(meta.calibration["mi"], meta.thresholds["mi"])
     cal = meta.calibration["mi"]
     assert float(cal(z)) >= meta.thresholds["mi"] > float(cal(z - 1e-6))
-    edits = np.array([[0.123, -0.801], [-0.5, 0.0]])
-    assert np.allclose(round_away(edits), [[0.13, -0.8], [-0.5, 0.0]])
+    edits = np.array([[0.123, -0.801, 0.051], [-0.5, 0.0, -0.3]])
+    bounds = np.array([[0.5, 0.8, 0.1], [0.5, 0.8, 0.25]])
+    assert np.allclose(round_away(edits, bounds), [[0.13, -0.8, 0.06], [-0.5, 0.0, -0.25]])
