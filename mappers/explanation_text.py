@@ -44,7 +44,7 @@ def explanation_summary(explanation: Mapping[str, Any] | None) -> str | None:
                 f"{float(cf['new_probability']):.0%})."
             )
         else:
-            parts.append("No plausible ST/T edit within the bounds flips this call.")
+            parts.append("No plausible edit within the bounds flips this call.")
     if not parts:
         return f"Explanation not available: {reason}." if reason else None
     return " ".join(parts)

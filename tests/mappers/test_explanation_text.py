@@ -33,7 +33,7 @@ def test_no_valid_counterfactual_is_said_plainly() -> None:
         EXPLANATION | {"counterfactual": {"edits": [], "valid": False, "new_probability": 0.9}}
     )
     assert text is not None and text.endswith(
-        "No plausible ST/T edit within the bounds flips this call."
+        "No plausible edit within the bounds flips this call."
     )
 
 
