@@ -177,6 +177,11 @@ def run_demo(*, keep: bool = False) -> int:
         f"\nFHIR reports (ndjson): {out}/DiagnosticReport.ndjson, Observation.ndjson, "
         "Provenance.ndjson"
     )
+    print(f"ECG pictures (presentedForm, PNG and PDF): {out}/attachments/")
+    print(
+        "s triage: the alert and the preliminary report (the first ECGs also wait for the "
+        "workers to start); s final: with explanations and picture"
+    )
     print(f"inbox: {(DEMO_DIR / 'ecgbridge.sqlite3').resolve()}")
     print("Decision support only: these probabilities are not a diagnosis.")
     return 0 if all(s.status and s.status["status"] == "done" for s in sent) else 1
