@@ -181,8 +181,8 @@ def _lines_by_id(path: Path) -> dict[str, str]:
     return out
 
 
-class FhirServerWriter:
-    """PUT each resource to a FHIR R4 server (update-as-create with a deterministic id)."""
+class _FhirHttpWriter:
+    """The HTTP client and error classification both FHIR writers share."""
 
     def __init__(
         self,
@@ -200,38 +200,53 @@ class FhirServerWriter:
             headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
         )
 
-    def write(self, resources: ReportResources) -> Written:
-        version = ""
-        for n, res in enumerate(_ordered(resources)):
-            if n == 1:
-                failpoints.hit("during_writeback")
-            url = f"{self.base_url}/{res['resourceType']}/{res['id']}"
-            try:
-                resp = self._client.put(url, content=json.dumps(res))
-            except TokenError as exc:
-                raise WriteBackError(
-                    f"no access token for the FHIR server: {exc}", transient=exc.transient
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise WriteBackError(
-                    f"PUT {res['resourceType']}/{res['id']} failed: {exc.__class__.__name__}",
-                    transient=True,
-                ) from exc
-            if resp.status_code >= 300:
-                raise WriteBackError(
-                    f"PUT {res['resourceType']}/{res['id']} -> {resp.status_code}: "
-                    f"{_outcome_text(resp)}",
-                    transient=is_transient_status(resp.status_code),
-                    status=resp.status_code,
-                )
-            if res["resourceType"] == "DiagnosticReport":
-                version = str((resp.json().get("meta") or {}).get("versionId") or "")
-        report_id = resources.diagnostic_report.id
+    def _send(self, method: str, url: str, body: Any, *, what: str) -> httpx.Response:
+        """`method` `body` (JSON) to `url`; a `WriteBackError` for no token, a transport
+        failure (transient) or an error status (transient by `is_transient_status`, with the
+        server's OperationOutcome)."""
+        try:
+            resp = self._client.request(method, url, content=json.dumps(body))
+        except TokenError as exc:
+            raise WriteBackError(
+                f"no access token for the FHIR server: {exc}", transient=exc.transient
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise WriteBackError(
+                f"{what} failed: {exc.__class__.__name__}", transient=True
+            ) from exc
+        if resp.status_code >= 300:
+            raise WriteBackError(
+                f"{what} -> {resp.status_code}: {_outcome_text(resp)}",
+                transient=is_transient_status(resp.status_code),
+                status=resp.status_code,
+            )
+        return resp
+
+    def _written(self, report_id: str | None, version: str) -> Written:
         ref = f"DiagnosticReport/{report_id}" + (f"/_history/{version}" if version else "")
         return Written(report_ref=ref, location=f"{self.base_url}/DiagnosticReport/{report_id}")
 
     def close(self) -> None:
         self._client.close()
+
+
+class FhirServerWriter(_FhirHttpWriter):
+    """PUT each resource to a FHIR R4 server (update-as-create with a deterministic id)."""
+
+    def write(self, resources: ReportResources) -> Written:
+        version = ""
+        for n, res in enumerate(_ordered(resources)):
+            if n == 1:
+                failpoints.hit("during_writeback")
+            resp = self._send(
+                "PUT",
+                f"{self.base_url}/{res['resourceType']}/{res['id']}",
+                res,
+                what=f"PUT {res['resourceType']}/{res['id']}",
+            )
+            if res["resourceType"] == "DiagnosticReport":
+                version = str((resp.json().get("meta") or {}).get("versionId") or "")
+        return self._written(resources.diagnostic_report.id, version)
 
 
 def is_transient_status(status: int) -> bool:
@@ -262,45 +277,14 @@ def _issues_text(outcome: Any) -> str:
 _VERSION_IN_URL = re.compile(r"/_history/([^/]+)$")
 
 
-class FhirTransactionWriter:
+class FhirTransactionWriter(_FhirHttpWriter):
     """One transaction Bundle of idempotent PUTs per write, ``POST [base]``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_s: float,
-        transport: httpx.BaseTransport | None = None,
-        auth: httpx.Auth | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            timeout=timeout_s,
-            transport=transport,
-            auth=auth,
-            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
-        )
 
     def write(self, resources: ReportResources) -> Written:
         report_id = resources.diagnostic_report.id
         what = f"transaction for DiagnosticReport/{report_id}"
         bundle = report_bundle(resources)
-        try:
-            resp = self._client.post(self.base_url, content=json.dumps(bundle))
-        except TokenError as exc:
-            raise WriteBackError(
-                f"no access token for the FHIR server: {exc}", transient=exc.transient
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise WriteBackError(
-                f"{what} failed: {exc.__class__.__name__}", transient=True
-            ) from exc
-        if resp.status_code >= 300:
-            raise WriteBackError(
-                f"{what} -> {resp.status_code}: {_outcome_text(resp)}",
-                transient=is_transient_status(resp.status_code),
-                status=resp.status_code,
-            )
+        resp = self._send("POST", self.base_url, bundle, what=what)
         try:
             body = resp.json()
         except ValueError:
@@ -328,11 +312,7 @@ class FhirTransactionWriter:
                 )
             if url.startswith("DiagnosticReport/"):
                 version = _entry_version(response, got.get("resource"))
-        ref = f"DiagnosticReport/{report_id}" + (f"/_history/{version}" if version else "")
-        return Written(report_ref=ref, location=f"{self.base_url}/DiagnosticReport/{report_id}")
-
-    def close(self) -> None:
-        self._client.close()
+        return self._written(report_id, version)
 
 
 def _entry_status(status: Any) -> int | None:
