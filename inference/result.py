@@ -38,14 +38,15 @@ class QualityReport:
         return {"ok": self.ok, "problems": list(self.problems)}
 
 
-@dataclass(frozen=True, slots=True)
-class TriageResult:
-    """Probability of MI / injury (the proxy for "needs urgent angiography")."""
+class _Call:
+    """The call every thresholded ensemble output makes: `positive` at or above its
+    threshold, `uncertain` when the members' range straddles it."""
 
+    __slots__ = ()
     probability: float
     threshold: float
-    uncertainty: float | None = None
-    interval: tuple[float, float] | None = None
+    uncertainty: float | None
+    interval: tuple[float, float] | None
 
     @property
     def positive(self) -> bool:
@@ -66,7 +67,17 @@ class TriageResult:
 
 
 @dataclass(frozen=True, slots=True)
-class TerritoryFinding:
+class TriageResult(_Call):
+    """Probability of MI / injury (the proxy for "needs urgent angiography")."""
+
+    probability: float
+    threshold: float
+    uncertainty: float | None = None
+    interval: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TerritoryFinding(_Call):
     territory: str
     vessel: str
     probability: float
@@ -74,17 +85,9 @@ class TerritoryFinding:
     uncertainty: float | None = None
     interval: tuple[float, float] | None = None
 
-    @property
-    def positive(self) -> bool:
-        return self.probability >= self.threshold
-
-    @property
-    def uncertain(self) -> bool:
-        return _straddles(self.interval, self.threshold)
-
 
 @dataclass(frozen=True, slots=True)
-class IschemiaResult:
+class IschemiaResult(_Call):
     """Probability that a cardiologist would describe ischaemic ST-T changes (ST depression,
     ST elevation, non-specific ST or ischaemic T waves): the acute-ischaemia output."""
 
@@ -93,26 +96,9 @@ class IschemiaResult:
     uncertainty: float | None = None
     interval: tuple[float, float] | None = None
 
-    @property
-    def positive(self) -> bool:
-        return self.probability >= self.threshold
-
-    @property
-    def uncertain(self) -> bool:
-        return _straddles(self.interval, self.threshold)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "probability": self.probability,
-            "positive": self.positive,
-            "threshold": self.threshold,
-            "uncertainty": self.uncertainty,
-            "uncertain": self.uncertain,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class RhythmFinding:
+class RhythmFinding(_Call):
     """One rhythm statement: `code` is the SCP-ECG code ("SR", "AFIB", ...)."""
 
     code: str
@@ -121,10 +107,6 @@ class RhythmFinding:
     threshold: float
     uncertainty: float | None = None
     interval: tuple[float, float] | None = None
-
-    @property
-    def positive(self) -> bool:
-        return self.probability >= self.threshold
 
 
 @dataclass(frozen=True, slots=True)
