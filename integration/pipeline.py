@@ -208,10 +208,12 @@ def analyse_and_write(
     alerts: AlertSender | None = None,
     ecg_id: str | None = None,
     explaining: Explaining | None = None,
+    preliminary: bool | None = None,
 ) -> Analysed:
     """Both stages in one call (the CLI, and workers told to explain in-process): the triage
     report (``preliminary`` when explanations follow, alert first), then with `explaining`
-    the same report ``final`` with explanations and picture."""
+    the same report ``final`` with explanations and picture. `preliminary` overrides the
+    triage report's status (default: preliminary exactly when `explaining` is given)."""
     first = triage_and_write(
         record,
         idem_key=idem_key,
@@ -220,7 +222,7 @@ def analyse_and_write(
         now=now,
         alerts=alerts,
         ecg_id=ecg_id,
-        preliminary=explaining is not None,
+        preliminary=explaining is not None if preliminary is None else preliminary,
     )
     if explaining is None:
         return first
@@ -298,28 +300,18 @@ def process_item(
         )
     failpoints.hit("before_analysis")
     staged = explaining is not None and explain_later is not None
-    if staged:
-        done = triage_and_write(
-            record,
-            idem_key=item.idem_key,
-            analyzer=analyzer,
-            writer=writer,
-            now=clock(),
-            alerts=alerts,
-            ecg_id=item_id,
-            preliminary=True,
-        )
-    else:
-        done = analyse_and_write(
-            record,
-            idem_key=item.idem_key,
-            analyzer=analyzer,
-            writer=writer,
-            now=clock(),
-            alerts=alerts,
-            ecg_id=item_id,
-            explaining=explaining,
-        )
+    done = analyse_and_write(
+        record,
+        idem_key=item.idem_key,
+        analyzer=analyzer,
+        writer=writer,
+        now=clock(),
+        alerts=alerts,
+        ecg_id=item_id,
+        # staged: triage only now, written preliminary; the explanations come from their queue
+        explaining=None if staged else explaining,
+        preliminary=explaining is not None,
+    )
     timings = {
         "queue_wait_ms": (started - item.received_at).total_seconds() * 1000.0,
         "decode_ms": decode_ms,
