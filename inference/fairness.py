@@ -68,6 +68,10 @@ def cell_key(sex: str, band: str) -> str:
     return f"{sex}/{band}"
 
 
+#: The groups fairness is reported and monitored by: all, sex, age band, sex x age band.
+GROUPS: tuple[str, ...] = ("all", *SEXES, *AGE_BANDS, *(cell_key(s, b) for s, b in CELLS))
+
+
 def logit_features(probs: npt.ArrayLike) -> FloatArray:
     """The Z-aware model's X features: the logits of the calibrated probabilities."""
     p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0 - _EPS)

@@ -69,10 +69,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
+from inference.fairness import AGE_BANDS, GROUPS, SEXES, cell_key
 from inference.metrics import wilson_ci
 from integration.audit import AuditEvent, AuditLog, EventKind, SearchQuery, StoredEvent
 from integration.audit.codec import EntryRow, decode
-from integration.metrics import FAIRNESS_GROUPS, Metrics
+from integration.metrics import Metrics
 
 if TYPE_CHECKING:
     from integration.settings import Settings
@@ -80,9 +81,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-GROUPS: tuple[str, ...] = FAIRNESS_GROUPS
-SEXES: tuple[str, ...] = ("male", "female")
-AGE_BANDS: tuple[str, ...] = ("<40", "40-65", ">65")
 ACTOR = "fairness-monitor"
 KINDS: tuple[str, ...] = (
     EventKind.ANALYSIS_FINISHED.value,
@@ -102,7 +100,7 @@ def groups_of(sex: object, age_band: object) -> tuple[str, ...]:
     out = ["all"]
     out += [s] if s else []
     out += [b] if b else []
-    out += [f"{s}/{b}"] if s and b else []
+    out += [cell_key(s, b)] if s and b else []
     return tuple(out)
 
 

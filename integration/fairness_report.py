@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TextIO
 
+from inference.fairness import GROUPS
 from integration.audit import AuditLog, EventKind, SearchQuery
 from integration.fairness_monitor import (
-    GROUPS,
     KINDS,
     DriftAlert,
     DriftConfig,

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inference.fairness import GROUPS as FAIRNESS_GROUPS
+
 log = logging.getLogger(__name__)
 
 #: Seconds: an ECG stage takes milliseconds (parse) to seconds (model on CPU, write-back).
@@ -29,15 +31,6 @@ STAGES = frozenset(
 )
 
 #: Subgroups of the fairness monitor, the label values of ``ecgbridge_fairness_*{group}``.
-FAIRNESS_GROUPS: tuple[str, ...] = (
-    "all",
-    "male",
-    "female",
-    "<40",
-    "40-65",
-    ">65",
-    *(f"{sex}/{band}" for sex in ("male", "female") for band in ("<40", "40-65", ">65")),
-)
 
 
 class RedisLike(Protocol):

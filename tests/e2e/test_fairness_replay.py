@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.fairness import CELLS
 from integration.audit import AuditEvent, AuditLog, EventKind, SearchQuery
 from integration.audit.config import AuditSettings
 from integration.fairness_monitor import DriftConfig, FairnessMonitor, groups_of
@@ -31,9 +32,6 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "replay-model-1"
 CFG = DriftConfig(window=60, min_n=30, bound=0.10)
-SEXES = ("male", "female")
-BANDS = ("<40", "40-65", ">65")
-CELLS: tuple[tuple[str, str], ...] = tuple((s, b) for s in SEXES for b in BANDS)
 PHASE = 360  # 60 ECGs per cell at an even mix: every window is replaced within a phase
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 POLL_EVERY = 45  # appends between polls, as `serve` polls while workers append

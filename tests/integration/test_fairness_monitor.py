@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inference.fairness import GROUPS
 from inference.record import Demographics, EcgRecord, PatientRef, Sex
 from inference.result import AnalysisResult, FairnessCheck, QualityReport, TriageResult
 from integration import auditing
 from integration.audit import AuditEvent, AuditLog, EventKind, SearchQuery, StoredEvent
 from integration.audit.export import to_fhir
 from integration.fairness_monitor import (
-    GROUPS,
     DriftAlert,
     DriftConfig,
     FairnessCounts,
