@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -47,17 +49,37 @@ def unique() -> str:
     return uuid.uuid4().hex[:12]
 
 
-@pytest.fixture(scope="module")
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database on the PostgreSQL server, dropped afterwards (so state left by
-    an earlier run can never satisfy a test)."""
+@contextmanager
+def _new_database(postgres_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server, dropped afterwards."""
     import psycopg
 
-    name = f"ecgbridge_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = postgres_url.replace("+psycopg", "")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base, _, _ = admin.rpartition("/")
-    yield f"{base}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server, dropped afterwards (so state left by
+    an earlier run can never satisfy a test)."""
+    with _new_database(postgres_url, "ecgbridge_test") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty audit database: a SQLite file, or a new database on the PostgreSQL server
+    (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/audit.sqlite3"
+        return
+    with _new_database(str(request.getfixturevalue("postgres_url")), "ecgbridge_audit") as url:
+        yield url

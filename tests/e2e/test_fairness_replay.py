@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -74,24 +73,6 @@ def reference(rate_pct: Mapping[tuple[str, str], int]) -> dict[str, float]:
         cells = [c for c in CELLS if group in groups_of(*c)]
         out[group] = sum(rate_pct[c] for c in cells) / len(cells) / 100
     return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty audit database: a SQLite file, or a new database on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/audit.sqlite3"
-        return
-    import psycopg
-
-    admin = str(request.getfixturevalue("postgres_url")).replace("+psycopg", "")
-    name = f"ecgbridge_fairness_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin.rpartition("/")
-    yield f"{base}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
