@@ -32,6 +32,7 @@ from typing import Any
 from inference.analyzer import Analyzer
 from integration.pipeline import report_identity
 from integration.samples import load_samples
+from tests.bench.load import pct
 from tests.support.processes import (
     EcgbridgeServe,
     EcgbridgeWorker,
@@ -81,11 +82,6 @@ class Pager:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/page"
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100.0 * (len(s) - 1)))]
 
 
 def positive_records() -> list[str]:
