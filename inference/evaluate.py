@@ -60,9 +60,7 @@ from inference.ensemble import predict_logits
 from inference.fairness import (
     AGE_BANDS,
     compare,
-    demographics_of,
     load_fairness,
-    logit_features,
 )
 from inference.fairness import band_of as age_bands
 from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity, wilson_ci
@@ -298,13 +296,7 @@ def _backdoor(
     sex, bk = data.sex[known], bands[known]
     y = data.labels[known, mi] > 0.5
     unadj = probs[known, mi]
-    record_thr = np.array(
-        [
-            fm.threshold_for(demographics_of(int(s), float(a)))
-            for s, a in zip(sex, data.age_years[known], strict=True)
-        ]
-    )
-    margin = logit_features(unadj) - logit_features(record_thr)
+    margin = fm.group_threshold_margin(unadj, sex, data.age_years[known])
     out = compare(
         y,
         {

@@ -183,6 +183,28 @@ class FairnessModel:
             return self.shipped_threshold
         return self.group_thresholds().get(cell_key(sex, band), self.shipped_threshold)
 
+    def thresholds_for(
+        self, sex: npt.NDArray[np.int64], age_years: npt.NDArray[np.float64]
+    ) -> FloatArray:
+        """`threshold_for` per record of PTB-XL-coded arrays (sex 0/1/-1, age, 300 = >89)."""
+        return np.array(
+            [
+                self.threshold_for(demographics_of(int(s), float(a)))
+                for s, a in zip(sex, age_years, strict=True)
+            ],
+            dtype=np.float64,
+        )
+
+    def group_threshold_margin(
+        self,
+        probability: FloatArray,
+        sex: npt.NDArray[np.int64],
+        age_years: npt.NDArray[np.float64],
+    ) -> FloatArray:
+        """logit(p) - logit(the record's group threshold): the per-group-threshold decision
+        as one score, positive at or above 0."""
+        return logit_features(probability) - logit_features(self.thresholds_for(sex, age_years))
+
     def _weights(self, sex: str | None, band: str | None) -> FloatArray:
         w = np.array(
             [
@@ -482,6 +504,12 @@ def compare(
             out["sensitivity_gap_age"] = max(ages_s) - min(ages_s)
         return out
 
+    def operating_point(
+        yy: npt.NDArray[np.bool_], pp: FloatArray, thr: float
+    ) -> dict[str, float | None]:
+        sens, spec = sensitivity_specificity(yy, pp, thr)
+        return {"sensitivity": sens, "specificity": spec}
+
     report: dict[str, Any] = {}
     for name, (prob, thr) in scores.items():
         ci = bootstrap_auroc_ci(y, prob, n_bootstrap=n_bootstrap, seed=seed)
@@ -503,8 +531,7 @@ def compare(
                     "n": int(m.sum()),
                     "n_pos": int(y[m].sum()),
                     "auroc": auroc(y[m], prob[m]),
-                    "sensitivity": sensitivity_specificity(y[m], prob[m], thr)[0],
-                    "specificity": sensitivity_specificity(y[m], prob[m], thr)[1],
+                    **operating_point(y[m], prob[m], thr),
                 }
                 for g, m in groups.items()
             },
@@ -588,12 +615,12 @@ def fit(
     thr_adj = threshold_for_sensitivity(yk, cross_adj[known], sens_target)
     thr_own = threshold_for_sensitivity(yk, cross_own[known], sens_target)
     # Per-group thresholds, each record's from the fold model that did not see it.
-    record_thr = np.full(y.size, shipped_thr)
+    margin = np.full(y.size, np.nan)
     for te_i, fm in folds_fitted:
         fm_t = replace(fm, z_aware_threshold=thr_own, shipped_threshold=shipped_thr)
-        for i in te_i:
-            record_thr[i] = fm_t.threshold_for(demographics_of(data.sex[i], data.age_years[i]))
-    margin = logit_features(unadj) - logit_features(record_thr)
+        margin[te_i] = fm_t.group_threshold_margin(
+            unadj[te_i], data.sex[te_i], data.age_years[te_i]
+        )
     evaluation = compare(
         yk,
         {
@@ -625,13 +652,7 @@ def fit(
     pos = unadj >= shipped_thr
     groups = {g: m for g, m in monitoring_groups(data.sex, bands).items() if m.sum() > 0}
     ref_rate = {g: float(pos[m].mean()) for g, m in groups.items()}
-    final_thr = np.array(
-        [
-            final.threshold_for(demographics_of(data.sex[i], data.age_years[i]))
-            for i in range(len(data))
-        ]
-    )
-    pos_grouped = unadj >= final_thr
+    pos_grouped = unadj >= final.thresholds_for(data.sex, data.age_years)
     ref_rate_grouped = {g: float(pos_grouped[m].mean()) for g, m in groups.items()}
     ref_n = {g: int(m.sum()) for g, m in groups.items()}
     checks = [
