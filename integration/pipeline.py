@@ -22,7 +22,7 @@ from integration.auditing import Auditor
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
 from integration.writeback import ReportWriter, Written
-from mappers.ecg_picture import Highlight, render_ecg_pdf, render_ecg_png
+from mappers.ecg_picture import Highlight, render_ecg
 from mappers.errors import MappingError
 from mappers.fhir_r4 import build_report
 from mappers.fhir_report import report_attachments
@@ -102,20 +102,24 @@ def _picture(
         else f"{record.record_id}: MI/injury p={tri.probability:.2f} "
         f"({'POSITIVE' if tri.positive else 'negative'}); AI decision support, not a diagnosis"
     )
-    args = (record.signals_mv, record.fs_hz, record.lead_names)
     try:
-        png = render_ecg_png(*args, highlights=highlights, overlay=overlay, title=title)
-        pdf = (
-            render_ecg_pdf(*args, highlights=highlights, overlay=overlay, title=title)
-            if explaining.pdf
-            else None
+        # the PNG is always drawn: `ecgbridge analyze --picture` writes it
+        pictures = render_ecg(
+            record.signals_mv,
+            record.fs_hz,
+            record.lead_names,
+            formats=("png", "pdf") if explaining.pdf else ("png",),
+            highlights=highlights,
+            overlay=overlay,
+            title=title,
         )
     except Exception:
         log.exception("rendering %s failed; the report goes out without it", record.record_id)
         return [], None
+    png = pictures["png"]
     attachments = report_attachments(
         png=png if explaining.png else None,
-        pdf=pdf,
+        pdf=pictures.get("pdf"),
         created=issued,
         title="12-lead ECG, 25 mm/s, 10 mm/mV, attributed segments shaded, counterfactual in blue",
     )

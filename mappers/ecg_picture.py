@@ -195,6 +195,38 @@ def _figure(
     return fig
 
 
+#: savefig options per format: reproducible bytes (no software name or creation date).
+_SAVE: dict[str, dict[str, object]] = {
+    "png": {"metadata": {"Software": None}},
+    "pdf": {"metadata": {"CreationDate": None, "Creator": None}},
+}
+
+
+def render_ecg(
+    signals_mv: npt.ArrayLike,
+    fs_hz: float,
+    lead_names: Sequence[str],
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    highlights: Sequence[Highlight] = (),
+    overlay: npt.ArrayLike | None = None,
+    title: str = "",
+    dpi: int = 100,
+) -> dict[str, bytes]:
+    """The ECG on standard paper in each of `formats` ("png": page 270 x 170 mm at ``dpi``;
+    "pdf": one-page vector PDF at true scale), drawn once."""
+    unknown = set(formats) - set(_SAVE)
+    if unknown:
+        raise ValueError(f"unknown picture formats {sorted(unknown)}; use png, pdf")
+    fig = _figure(signals_mv, fs_hz, lead_names, highlights, overlay, title, dpi)
+    out: dict[str, bytes] = {}
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, **_SAVE[fmt])  # type: ignore[arg-type]
+        out[fmt] = buf.getvalue()
+    return out
+
+
 def render_ecg_png(
     signals_mv: npt.ArrayLike,
     fs_hz: float,
@@ -206,10 +238,16 @@ def render_ecg_png(
     dpi: int = 100,
 ) -> bytes:
     """The ECG on standard paper as PNG bytes (page 270 x 170 mm at ``dpi``)."""
-    fig = _figure(signals_mv, fs_hz, lead_names, highlights, overlay, title, dpi)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    return buf.getvalue()
+    return render_ecg(
+        signals_mv,
+        fs_hz,
+        lead_names,
+        formats=("png",),
+        highlights=highlights,
+        overlay=overlay,
+        title=title,
+        dpi=dpi,
+    )["png"]
 
 
 def render_ecg_pdf(
@@ -223,7 +261,13 @@ def render_ecg_pdf(
     dpi: int = 100,
 ) -> bytes:
     """The ECG on standard paper as a one-page vector PDF (270 x 170 mm, true scale)."""
-    fig = _figure(signals_mv, fs_hz, lead_names, highlights, overlay, title, dpi)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="pdf", dpi=dpi, metadata={"CreationDate": None, "Creator": None})
-    return buf.getvalue()
+    return render_ecg(
+        signals_mv,
+        fs_hz,
+        lead_names,
+        formats=("pdf",),
+        highlights=highlights,
+        overlay=overlay,
+        title=title,
+        dpi=dpi,
+    )["pdf"]

@@ -18,6 +18,7 @@ from mappers.ecg_picture import (
     PAGE_WIDTH_MM,
     SPEED_MM_PER_S,
     Highlight,
+    render_ecg,
     render_ecg_pdf,
     render_ecg_png,
     trace_origin_px,
@@ -136,3 +137,12 @@ def test_real_record_renders_and_rejects_bad_shapes() -> None:
         render_ecg_png(x[:11], FS, LEADS_12)
     with pytest.raises(ValueError, match="overlay"):
         render_ecg_png(x, FS, LEADS_12, overlay=x[:, :100])
+
+
+def test_one_drawing_gives_the_same_png_and_pdf_as_two() -> None:
+    x = _pulse_ecg()
+    both = render_ecg(x, FS, LEADS_12, formats=("png", "pdf"), title="t", dpi=DPI)
+    assert both["png"] == render_ecg_png(x, FS, LEADS_12, title="t", dpi=DPI)
+    assert both["pdf"] == render_ecg_pdf(x, FS, LEADS_12, title="t", dpi=DPI)
+    with pytest.raises(ValueError, match="unknown picture formats"):
+        render_ecg(x, FS, LEADS_12, formats=("svg",))
