@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -410,6 +411,40 @@ class Inbox:
             .limit(1)
         )
         return self._one(stmt)
+
+    def find_report(self, report_ref: str) -> InboxItem | None:
+        """The item whose report is `report_ref` (``DiagnosticReport/<id>``, any version).
+        The payload stays as stored (sealed or not): this is an index lookup."""
+        c = inbox_table.c
+        stmt = (
+            select(inbox_table)
+            .where(or_(c.report_ref == report_ref, c.report_ref.like(report_ref + "/_history/%")))
+            .limit(1)
+        )
+        rows = self._rows(stmt)
+        return rows[0] if rows else None
+
+    def reports_for(self, patient_keys: Iterable[str], *, limit: int) -> list[InboxItem]:
+        """Items of a patient that have a report, newest first, by the keyed hashes of the
+        patient's identifiers (payloads as stored)."""
+        keys = sorted(set(patient_keys))
+        if not keys:
+            return []
+        c = inbox_table.c
+        stmt = (
+            select(inbox_table)
+            .where(c.patient_key.in_(keys), c.report_ref.is_not(None))
+            .order_by(c.received_at.desc())
+            .limit(limit)
+        )
+        return self._rows(stmt)
+
+    def _rows(self, stmt: Any) -> list[InboxItem]:
+        try:
+            with self._engine.connect() as conn:
+                return [_item(r) for r in conn.execute(stmt)]
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox read failed: {exc.__class__.__name__}") from exc
 
     def count_by_status(self) -> dict[str, int]:
         from sqlalchemy import func

@@ -26,12 +26,11 @@ from typing import Any, Protocol
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import Engine, or_, select
 
 from integration.audit import AuditError, AuditEvent, EventKind, PatientRef
 from integration.auditing import Auditor
 from integration.errors import InboxError
-from integration.inbox import Inbox, Status, inbox_table
+from integration.inbox import Inbox, InboxItem, Status
 from integration.settings import Settings
 from integration.subscriptions import EhrUnavailableError, FhirReader, FocusError, smart_auth
 
@@ -62,60 +61,32 @@ def report_id_of(report_ref: str) -> str:
 
 
 class ReportIndex:
-    """Queries on the inbox's columns (never its payloads, which may be encrypted)."""
+    """Report lookups on the inbox's columns (never its payloads, which may be encrypted)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
 
     @classmethod
     def for_inbox(cls, inbox: Inbox) -> ReportIndex:
-        # The inbox exposes no engine; its table is public. (A later move of these two
-        # queries into `Inbox` would drop this.)
-        return cls(inbox._engine)
+        return cls(inbox)
 
     def find(self, report_id: str) -> IndexedReport | None:
         if not FHIR_ID.match(report_id):
             return None
-        ref = f"DiagnosticReport/{report_id}"
-        c = inbox_table.c
-        stmt = (
-            select(c.id, c.report_ref, c.status, c.received_at)
-            .where(or_(c.report_ref == ref, c.report_ref.like(ref + "/_history/%")))
-            .limit(1)
-        )
-        rows = self._rows(stmt)
-        return rows[0] if rows else None
+        item = self._inbox.find_report(f"DiagnosticReport/{report_id}")
+        return None if item is None else _indexed(item)
 
     def for_patient(self, keys: Iterable[str], *, limit: int) -> list[IndexedReport]:
-        keys = sorted(set(keys))
-        if not keys:
-            return []
-        c = inbox_table.c
-        stmt = (
-            select(c.id, c.report_ref, c.status, c.received_at)
-            .where(c.patient_key.in_(keys), c.report_ref.is_not(None))
-            .order_by(c.received_at.desc())
-            .limit(limit)
-        )
-        return self._rows(stmt)
+        return [_indexed(i) for i in self._inbox.reports_for(keys, limit=limit)]
 
-    def _rows(self, stmt: Any) -> list[IndexedReport]:
-        from sqlalchemy.exc import SQLAlchemyError
 
-        try:
-            with self._engine.connect() as conn:
-                rows = list(conn.execute(stmt))
-        except SQLAlchemyError as exc:
-            raise InboxError(f"inbox read failed: {exc.__class__.__name__}") from exc
-        return [
-            IndexedReport(
-                ecg_id=r.id,
-                report_id=report_id_of(r.report_ref),
-                status=Status(r.status),
-                received_at=r.received_at,
-            )
-            for r in rows
-        ]
+def _indexed(item: InboxItem) -> IndexedReport:
+    return IndexedReport(
+        ecg_id=item.id,
+        report_id=report_id_of(item.report_ref or ""),
+        status=item.status,
+        received_at=item.received_at,
+    )
 
 
 class ReportSource(Protocol):
