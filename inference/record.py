@@ -138,7 +138,7 @@ class EcgRecord:
             )
         if not np.isfinite(sig).all():
             raise EcgValidationError("samples contain NaN or infinity", field="signals_mv")
-        peak = float(np.abs(sig).max())
+        peak = max(float(sig.max()), -float(sig.min()))  # no |sig| temporary
         if peak > MAX_ABS_AMPLITUDE_MV:
             raise EcgValidationError(
                 f"peak amplitude {peak:.1f} mV exceeds {MAX_ABS_AMPLITUDE_MV:g} mV: "

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 #: Canonical UCUM voltage unit -> how many of them make one millivolt (as an exact divisor
 #: or multiplier: uV values are divided by 1000, V values multiplied by 1000).
@@ -48,13 +49,28 @@ def to_millivolts(values: npt.NDArray[np.float64], unit: str) -> npt.NDArray[np.
     with np.errstate(over="ignore"):  # out-of-range values become inf, refused downstream
         if per_mv == 1.0:
             return values.astype(np.float32)
+        scaled = np.empty(values.shape, dtype=np.float32)
         if per_mv > 1.0:
-            return (values / per_mv).astype(np.float32)
-        return (values * (1.0 / per_mv)).astype(np.float32)
+            return np.divide(values, per_mv, out=scaled, casting="same_kind")
+        return np.multiply(values, 1.0 / per_mv, out=scaled, casting="same_kind")
+
+
+#: Characters that make a JSON array of numbers hold something else (true, false, null, a
+#: string, an object, a nested array); `,` must not pass for a separator either.
+_NOT_NUMBER_TEXT = ("t", "f", "n", '"', "[", "{", ",")
 
 
 def parse_decimals(text: str, sep: str | None) -> npt.NDArray[np.float64]:
-    """Split `text` on `sep` (None: whitespace) and parse decimals. ValueError if any is not one."""
+    """Split `text` on `sep` (None: whitespace) and parse decimals. ValueError if any is not one.
+
+    The common case (numbers separated by single spaces, or by `sep`) is read by orjson as a
+    JSON array: several times faster than ``float()`` per token, and bit-identical, since
+    both round the decimal correctly. Anything else (runs of spaces, ``+1``, ``.5``, ``1.``,
+    NaN) takes the token-by-token path, which accepts what ``float()`` accepts.
+    """
+    fast = _parse_json_numbers(text, sep)
+    if fast is not None:
+        return fast
     parts = text.split(sep)
     if not parts or (len(parts) == 1 and not parts[0].strip()):
         raise ValueError("no samples")
@@ -62,6 +78,35 @@ def parse_decimals(text: str, sep: str | None) -> npt.NDArray[np.float64]:
     if not np.isfinite(values).all():
         raise ValueError("samples contain NaN or infinity")
     return values
+
+
+#: Characters per orjson call: bounds the transient list of Python numbers (~36 bytes each)
+#: to some 10 kB whatever the lead's length.
+_CHUNK_CHARS = 1024
+
+
+def _parse_json_numbers(text: str, sep: str | None) -> npt.NDArray[np.float64] | None:
+    body = text.strip()
+    if not body or any(c in body for c in _NOT_NUMBER_TEXT):
+        return None
+    split = sep or " "
+    out = np.empty(body.count(split) + 1, dtype=np.float64)
+    filled = pos = 0
+    try:
+        while pos < len(body):
+            end = body.find(split, pos + _CHUNK_CHARS)
+            end = len(body) if end < 0 else end
+            chunk = orjson.loads("[" + body[pos:end].replace(split, ",") + "]")
+            if not isinstance(chunk, list) or filled + len(chunk) > out.size:
+                return None
+            out[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+            pos = end + len(split)
+    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        return None
+    if filled != out.size or not np.isfinite(out).all():
+        return None
+    return out
 
 
 #: int16 range at 1 uV resolution: the largest amplitude a 16-bit microvolt channel (WFDB
