@@ -11,6 +11,11 @@ FHIR R4 core ECG example (``Observation/ekg``) and HL7 v2 waveform OBX-3:
 
 Lead index per IEEE 11073-10102 (annotated ECG): I = 1, II = 2, V1..V6 = 3..8, III = 61,
 aVR = 62, aVL = 63, aVF = 64.
+
+Also accepted on input, for senders that code leads outside MDC: the LOINC lead parts
+(``LP7386-8`` Lead I ... ``LP7394-2`` Lead V6) and the SNOMED CT lead concepts (``272729005``
+Lead I, ``257475007`` lead site V1, ...), as listed in the HL7 Germany base profiles'
+``EkgLeads`` / ``EkgAbleitungenVS`` value sets.
 """
 
 from __future__ import annotations
@@ -66,6 +71,36 @@ _BY_CODE: dict[int, str] = {
     **{code: lead for lead, code in MDC_CODES.items()},
     **{MDC_ECG_LEAD + idx: lead for lead, idx in _LEAD_INDEX.items()},
 }
+#: LOINC lead part codes -> canonical lead.
+LOINC_LEAD_PARTS: dict[str, str] = {
+    "LP7386-8": "I",
+    "LP7387-6": "II",
+    "LP7388-4": "III",
+    "LP7385-0": "aVR",
+    "LP7384-3": "aVL",
+    "LP7383-5": "aVF",
+    "LP7389-2": "V1",
+    "LP7390-0": "V2",
+    "LP7391-8": "V3",
+    "LP7392-6": "V4",
+    "LP7393-4": "V5",
+    "LP7394-2": "V6",
+}
+#: SNOMED CT lead concepts -> canonical lead.
+SNOMED_LEADS: dict[int, str] = {
+    272729005: "I",
+    272730000: "II",
+    272731001: "III",
+    257474006: "aVR",
+    257473000: "aVL",
+    257472005: "aVF",
+    257475007: "V1",
+    257476008: "V2",
+    257477004: "V3",
+    257478009: "V4",
+    257479001: "V5",
+    257480003: "V6",
+}
 _PREFIX = re.compile(r"^(?:MDC_ECG_ELEC_POTL|MDC_ECG_LEAD|LEAD)[ _\-]?", re.IGNORECASE)
 
 
@@ -84,7 +119,8 @@ def canonical_lead(name: str) -> str:
     """The canonical name (one of `inference.LEADS_12`) of a lead given in any usual spelling.
 
     Accepts ``I``, ``i``, ``Lead I``, ``LEAD_I``, ``MDC_ECG_LEAD_I``, ``MDC_ECG_ELEC_POTL_I``,
-    ``aVR``/``AVR``/``avr``, ``V1``, and MDC numeric codes (``131329``, ``131073``).
+    ``aVR``/``AVR``/``avr``, ``V1``, MDC numeric codes (``131329``, ``131073``), LOINC lead
+    parts (``LP7386-8``) and SNOMED CT lead concepts (``272729005``).
     Raises `LeadError` for anything else (``MLII``, ``vx``, ``V7``...).
     """
     text = name.strip()
@@ -93,6 +129,14 @@ def canonical_lead(name: str) -> str:
         if lead is not None:
             return lead
         raise LeadError(f"unknown MDC lead code {text}")
+    if text.isdigit() and len(text) <= 18:
+        lead = SNOMED_LEADS.get(int(text))
+        if lead is not None:
+            return lead
+        raise LeadError(f"unknown lead code {text}")
+    lead = LOINC_LEAD_PARTS.get(text.upper())
+    if lead is not None:
+        return lead
     key = _PREFIX.sub("", text).strip().upper()
     lead = _BY_UPPER.get(key)
     if lead is None:

@@ -38,6 +38,7 @@ from mappers.fhir_r4 import (
     report_bundle,
     resource_json,
 )
+from mappers.leads import LOINC_LEAD_PARTS, SNOMED_LEADS, canonical_lead
 from tests.mappers.conftest import NOW, small_record
 
 # --- round trips ------------------------------------------------------------------------
@@ -111,6 +112,27 @@ def test_r5_sampled_data_interval_is_accepted() -> None:
         sd["interval"] = sd.pop("period") / 1000.0
         sd["intervalUnit"] = "s"
     assert observation_to_record(obs).fs_hz == 100.0
+
+
+@pytest.mark.parametrize(
+    ("system", "codes"),
+    [
+        ("http://loinc.org", LOINC_LEAD_PARTS),
+        ("http://snomed.info/sct", {str(code): lead for code, lead in SNOMED_LEADS.items()}),
+    ],
+)
+def test_leads_coded_by_loinc_or_snomed_are_read(system: str, codes: dict[str, str]) -> None:
+    by_lead = {lead: code for code, lead in codes.items()}
+    obs = ecg_observation()
+    lead_order = []
+    for comp in reversed(obs["component"]):  # order must not matter either
+        lead = canonical_lead(comp["code"]["coding"][0]["code"])
+        comp["code"] = {"coding": [{"system": system, "code": by_lead[lead]}]}
+        lead_order.append(lead)
+    obs["component"] = list(reversed(obs["component"]))
+    back = observation_to_record(obs)
+    np.testing.assert_array_equal(back.signals_mv, small_record().signals_mv)
+    assert sorted(lead_order) == sorted(LEADS_12)
 
 
 def test_core_example_style_origin_and_factor() -> None:

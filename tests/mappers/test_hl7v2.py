@@ -145,7 +145,16 @@ def test_honours_the_senders_encoding_characters() -> None:
 
 
 @pytest.mark.parametrize(
-    "ident", ["I", "MDC_ECG_LEAD_I", "131073^MDC_ECG_LEAD_I^MDC", "^Lead I", "LEAD_I^^L"]
+    "ident",
+    [
+        "I",
+        "MDC_ECG_LEAD_I",
+        "131073^MDC_ECG_LEAD_I^MDC",
+        "^Lead I",
+        "LEAD_I^^L",
+        "LP7386-8^Lead I^LN",
+        "272729005^Lead I^SCT",
+    ],
 )
 def test_lead_identifier_spellings(ident: str) -> None:
     msg = replace_field(SMALL, lead_obx_index("I"), 3, ident)

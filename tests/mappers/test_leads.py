@@ -35,13 +35,22 @@ from mappers.leads import MDC_CODES, canonical_lead, derive_limb_leads, is_stand
         ("131336", "V6"),
         ("131073", "I"),  # MDC_ECG_LEAD_I
         ("131133", "III"),  # MDC_ECG_LEAD_III
+        ("LP7386-8", "I"),  # LOINC lead parts
+        ("LP7388-4", "III"),
+        ("lp7385-0", "aVR"),
+        ("LP7394-2", "V6"),
+        ("272729005", "I"),  # SNOMED CT
+        ("257472005", "aVF"),
+        ("257480003", "V6"),
     ],
 )
 def test_canonical_lead_accepts_usual_spellings(name: str, lead: str) -> None:
     assert canonical_lead(name) == lead
 
 
-@pytest.mark.parametrize("name", ["MLII", "vx", "V7", "", "131328", "999999999", "Lead"])
+@pytest.mark.parametrize(
+    "name", ["MLII", "vx", "V7", "", "131328", "999999999", "Lead", "LP7395-9", "272729006"]
+)
 def test_canonical_lead_rejects_others(name: str) -> None:
     with pytest.raises(LeadError):
         canonical_lead(name)
