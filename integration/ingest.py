@@ -25,6 +25,7 @@ from integration.inbox import Accepted, ContentType, Inbox, InboxItem
 from integration.metrics import Metrics
 from integration.mllp_client import ack_code
 from mappers.errors import FhirResourceError, MappingError
+from mappers.fhir_attachment import SOURCE_TYPES
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import Msh, build_ack, fallback_msh, parse_msh, parse_oru_r01
 from mappers.hl7v2_priority import Priority, order_priority
@@ -343,14 +344,16 @@ class IngestService:
 
 def _single_payload(obj: dict[str, Any], index: int) -> bytes:
     """The stored form of one ECG: the Observation itself, or for a Bundle entry a
-    collection Bundle with that Observation and the Bundle's Patients."""
+    collection Bundle with that Observation, the Bundle's Patients and the resources a
+    waveform may be moved to (Binary, DocumentReference, Media)."""
     if obj.get("resourceType") != "Bundle":
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     entries = obj.get("entry") or []
+    kept_types = ("Patient", *SOURCE_TYPES)
     keep = [entries[index]] + [
         e
         for e in entries
-        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") == "Patient"
+        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") in kept_types
     ]
     single = {"resourceType": "Bundle", "type": "collection", "entry": keep}
     return json.dumps(single, sort_keys=True, separators=(",", ":")).encode()

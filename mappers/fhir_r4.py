@@ -21,6 +21,7 @@ are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -42,6 +43,12 @@ from mappers.errors import (
     MissingFieldError,
     NonFiniteSampleError,
     WaveformError,
+)
+from mappers.fhir_attachment import (
+    contained_resources,
+    has_sampled_components,
+    record_from_attachment,
+    waveform_source,
 )
 from mappers.fhir_ecg_out import ECG_CODE, ECG_REFID, patient_resource, record_to_observation
 from mappers.fhir_json import (
@@ -115,13 +122,18 @@ def _bundle_to_records(obj: Mapping[str, Any] | bytes | str) -> list[tuple[int, 
     if not isinstance(entries, list):
         raise FhirResourceError("Bundle.entry must be an array", location="Bundle.entry")
     patients: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    resources: dict[str, Mapping[str, Any]] = {}
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        if isinstance(resource, Mapping) and resource.get("resourceType") == "Patient":
-            if isinstance(entry.get("fullUrl"), str):
-                patients[entry["fullUrl"]] = (i, resource)
-            if isinstance(resource.get("id"), str):
-                patients[f"Patient/{resource['id']}"] = (i, resource)
+        if not isinstance(resource, Mapping):
+            continue
+        keys = [entry["fullUrl"]] if isinstance(entry.get("fullUrl"), str) else []
+        if isinstance(resource.get("id"), str):
+            keys.append(f"{resource.get('resourceType')}/{resource['id']}")
+        for key in keys:
+            resources[key] = resource
+            if resource.get("resourceType") == "Patient":
+                patients[key] = (i, resource)
     out: list[tuple[int, EcgRecord]] = []
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
@@ -138,6 +150,7 @@ def _bundle_to_records(obj: Mapping[str, Any] | bytes | str) -> list[tuple[int, 
             patient_data,
             path=f"Bundle.entry[{i}].resource",
             patient_path=patient_path,
+            resources=resources,
         )
         out.append((i, record))
     if not out:
@@ -352,7 +365,14 @@ def _to_record(
     *,
     path: str,
     patient_path: str,
+    resources: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EcgRecord:
+    source = None
+    if not has_sampled_components(data):
+        source = waveform_source(
+            data, {**(resources or {}), **contained_resources(data)}, path=path
+        )
+        data = {k: v for k, v in data.items() if k != "valueAttachment"}  # R5 only
     stripped, data_texts = _without_data_texts(_r5_sampled_data_to_r4(data, path))
     obs = validate_resource(Observation, stripped, path=path)
     if obs.code is None:
@@ -362,9 +382,18 @@ def _to_record(
             "not an ECG Observation: code must be MDC 131328 (MDC_ECG_ELEC_POTL)",
             location=f"{path}.code",
         )
+    if source is not None:
+        return _with_observation_identity(
+            record_from_attachment(source[0], source[1], location=source[2]),
+            obs,
+            patient_data,
+            path=path,
+            patient_path=patient_path,
+        )
     if not obs.component:
         raise MissingFieldError(
-            "ECG Observation has no lead components", location=f"{path}.component"
+            "ECG Observation has no lead components (nor a waveform attachment)",
+            location=f"{path}.component",
         )
     # Each lead goes straight into one (12, n) matrix (n from the first lead read), so the
     # parse holds the samples once, not once per lead and again when stacked.
@@ -415,10 +444,7 @@ def _to_record(
     record_id = _record_id(obs, path)
     acquired_at = _effective(obs)
     patient_ref, demographics = _subject(obs, patient_data, acquired_at, patient_path)
-    identifiers = []
-    if obs.id:
-        identifiers.append(("observation", f"Observation/{obs.id}"))
-    identifiers.append(("version", (obs.meta.versionId if obs.meta else None) or ""))
+    identifiers = _identifiers(obs)
     try:
         return EcgRecord(
             signals_mv=matrix,
@@ -432,6 +458,45 @@ def _to_record(
         )
     except EcgValidationError as exc:
         raise WaveformError(str(exc), location=f"{path}.component") from exc
+
+
+def _identifiers(obs: Observation) -> list[tuple[str, str]]:
+    identifiers = []
+    if obs.id:
+        identifiers.append(("observation", f"Observation/{obs.id}"))
+    identifiers.append(("version", (obs.meta.versionId if obs.meta else None) or ""))
+    return identifiers
+
+
+def _with_observation_identity(
+    waveform: EcgRecord,
+    obs: Observation,
+    patient_data: Mapping[str, Any] | None,
+    *,
+    path: str,
+    patient_path: str,
+) -> EcgRecord:
+    """The attachment's samples under the Observation's identity, subject and time; the
+    attachment's demographics only where the FHIR side says nothing."""
+    acquired_at = _effective(obs) or waveform.acquired_at
+    patient_ref, demographics = _subject(obs, patient_data, acquired_at, patient_path)
+    sex = demographics.sex if demographics.sex is not Sex.UNKNOWN else waveform.demographics.sex
+    age = (
+        demographics.age_years
+        if demographics.age_years is not None
+        else waveform.demographics.age_years
+    )
+    try:
+        return dataclasses.replace(
+            waveform,
+            record_id=_record_id(obs, path),
+            acquired_at=acquired_at,
+            patient=patient_ref or waveform.patient,
+            demographics=Demographics(age_years=age, sex=sex),
+            identifiers=tuple(_identifiers(obs)),
+        )
+    except EcgValidationError as exc:
+        raise WaveformError(str(exc), location=path) from exc
 
 
 def _record_id(obs: Observation, path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from integration.api import create_app
 from integration.inbox import Inbox
-from integration.ingest import IngestService
+from integration.ingest import IngestService, decode_item
 from integration.samples import Sample, load_samples
+from mappers.dicom_ecg import build_dicom_ecg
 from mappers.fhir_r4 import patient_resource, record_to_observation
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -109,3 +111,46 @@ def test_wrong_resource_type_and_content_type(client: TestClient) -> None:
 def test_unknown_status_is_404_and_health_answers(client: TestClient) -> None:
     assert client.get("/ecg/nope").status_code == 404
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_bundle_with_the_waveform_in_a_binary_is_stored_whole(
+    client: TestClient, sample: Sample, tmp_path: Path
+) -> None:
+    obs = record_to_observation(sample.record)
+    del obs["component"]
+    obs["derivedFrom"] = [{"reference": "Binary/w1"}]
+    binary = {
+        "resourceType": "Binary",
+        "id": "w1",
+        "contentType": "application/dicom",
+        "data": base64.b64encode(build_dicom_ecg(sample.record)).decode(),
+    }
+    resp = client.post(
+        "/fhir",
+        json={
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": obs}, {"resource": binary}],
+        },
+        headers=FHIR,
+    )
+    assert resp.status_code == 202, resp.text
+    # the worker re-reads the stored payload: the Binary must have been kept with it
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/inbox.sqlite3")
+    item_id = resp.json()["accepted"][0]["id"]
+    item = inbox.get(item_id)
+    assert item is not None
+    again = decode_item(item)
+    assert again.record_id == sample.record.record_id
+    assert abs(again.signals_mv - sample.record.signals_mv).max() < 1e-3
+
+
+def test_observation_pointing_at_an_external_binary_is_422(
+    client: TestClient, sample: Sample
+) -> None:
+    obs = record_to_observation(sample.record)
+    del obs["component"]
+    obs["derivedFrom"] = [{"reference": "https://ehr.example/fhir/Binary/9"}]
+    resp = client.post("/fhir/Observation", json=obs, headers=FHIR)
+    assert resp.status_code == 422
+    assert _issue(resp)["expression"][0] == "Observation.derivedFrom[0].reference"
