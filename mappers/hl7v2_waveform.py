@@ -219,7 +219,10 @@ def _ma(text: str, channels: list[Channel], enc: Encoding, loc: str) -> npt.NDAr
 def read_obx(
     obxs: list[tuple[int, Fields]], enc: Encoding
 ) -> tuple[npt.NDArray[np.float32], float, str, Waveform]:
-    """The 12-lead samples (mV), rate and its location, and everything else read."""
+    """The 12-lead samples (mV), rate and its location, and everything else read.
+
+    Consumes the waveform OBX-5 values: each is emptied in `obxs` once its samples are read,
+    so a 12-lead message is not held as text and as numbers at once."""
     wf = Waveform()
     groups: dict[str, list[Channel]] = {}
     for k, fields in obxs:
@@ -235,6 +238,8 @@ def read_obx(
             if group is None and len(groups) == 1:
                 group = next(iter(groups.values()))
             _data_obx(wf, fields, loc, value_type, group, enc)
+            if len(fields) > 5:
+                fields[5] = ""  # the samples are read: let their text go (peak memory)
         elif value_type in ("TS", "DTM", "DT") and wf.start is None:
             wf.start = parse_ts(components(get(fields, 5), enc)[0], location=f"{loc}.5")
         elif value_type == "NM":
