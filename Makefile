@@ -8,7 +8,7 @@ NODE_DIR := tests/fhir_server
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node system-deps demo test check lint typecheck bench bench-explain train evaluate fairness clean
+.PHONY: install node system-deps demo test check lint typecheck bench bench-gpu bench-explain train evaluate fairness clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ bench: system-deps install node
 	$(BIN)/python -m tests.bench.load --workers 1
 	$(BIN)/python -m tests.bench.load --workers 2
 	$(BIN)/python -m tests.bench.alert_latency --rate 5 --duration 30
+	$(BIN)/python -m tests.bench.batching_bench --device cpu
+
+# The same batching bench on CUDA (fails clearly, exit 2, when torch sees no CUDA device).
+bench-gpu: install
+	$(BIN)/python -m tests.bench.batching_bench --device cuda
 
 # Explanation quality and speed on all of fold 9 (about 20 min on 2 cores; issue 7).
 bench-explain: install

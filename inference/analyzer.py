@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 
 from inference.ensemble import STENOSIS_VESSELS, EcgEnsemble, predict_logits, sigmoid
-from inference.errors import ModelError
+from inference.errors import DeviceUnavailableError, ModelError
 from inference.fairness import FairnessModel, load_fairness
 from inference.labels import ISCHEMIA_TASK, RHYTHMS, TASK_VESSEL
 from inference.preprocess import preprocess, to_model_leads
@@ -53,6 +53,29 @@ _UNVALIDATED_STENOSIS = "not assessed: the loaded site stenosis head did not pas
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: The device names `resolve_device` accepts (``auto``: ``cuda`` when available, else ``cpu``).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str | None) -> str:
+    """``auto`` (or None) -> `default_device`; ``cpu``; ``cuda`` (also ``cuda:N``) only when
+    torch sees a CUDA device. Raises `DeviceUnavailableError` for cuda without one or an
+    unknown name."""
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        return default_device()
+    if name == "cpu":
+        return name
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {name!r} was asked for but torch sees no CUDA device "
+                f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})"
+            )
+        return name
+    raise DeviceUnavailableError(f"unknown device {requested!r}; use one of {', '.join(DEVICES)}")
 
 
 class Analyzer:
@@ -92,7 +115,8 @@ class Analyzer:
         group_thresholds: bool = False,
     ) -> Analyzer:
         """Verify and load `weights` (the shipped model by default) on `device`
-        (``"cuda"`` when available, else ``"cpu"``). Raises `ModelError`.
+        (``"cuda"`` when available, else ``"cpu"``; `resolve_device`). Raises `ModelError`, or
+        `DeviceUnavailableError` for ``cuda`` without a CUDA device.
 
         `num_threads`, when given, sets torch's intra-op threads for the whole process. On a
         busy 2-core CPU one thread is several times faster than two (MODEL_CARD.md, speed).
@@ -101,7 +125,7 @@ class Analyzer:
         adds the per-report check; `group_thresholds` makes the MI decision use its per sex x
         age band thresholds (never above the shipped threshold)."""
         weights = weights or DEFAULT_WEIGHTS
-        device = device or default_device()
+        device = resolve_device(device)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         model = weights.load_model(device)
@@ -139,6 +163,11 @@ class Analyzer:
     @property
     def device(self) -> str:
         return self._device
+
+    @property
+    def group_thresholds(self) -> bool:
+        """Whether the MI decision uses the fairness model's per-group thresholds."""
+        return self._group_thresholds
 
     def analyze(self, record: EcgRecord, *, now: datetime | None = None) -> AnalysisResult:
         """Analyse one record (see the module docstring for refusals and errors)."""

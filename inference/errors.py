@@ -25,3 +25,8 @@ class EcgValidationError(EcgBridgeError, ValueError):
 
 class ModelError(EcgBridgeError, RuntimeError):
     """The model registry or weights are unusable (missing file, hash mismatch)."""
+
+
+class DeviceUnavailableError(EcgBridgeError, RuntimeError):
+    """The configured inference device cannot be used (``cuda`` without a CUDA device, or an
+    unknown device name). The worker refuses to start and says which setting to change."""

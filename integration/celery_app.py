@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from opentelemetry.trace import SpanKind
 
 from integration.settings import Settings, get_settings
+from integration.tracing import inject_headers, span
 
 TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 180
@@ -76,11 +78,25 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def enqueue_analysis(app: Celery, item_id: str, *, priority: int = 5) -> None:
-    """Queue one inbox item for analysis (by task name: the sender needs no task code)."""
-    app.send_task(ANALYZE_TASK, args=[item_id], queue=QUEUE, priority=priority)
+    """Queue one inbox item for analysis (by task name: the sender needs no task code).
+    The message headers carry the W3C ``traceparent`` of the ECG's trace when tracing is on
+    (`integration.tracing`): the worker's spans join the listener's trace."""
+    _send(app, ANALYZE_TASK, item_id, queue=QUEUE, priority=priority)
 
 
 def enqueue_explanation(app: Celery, item_id: str, *, priority: int = 5) -> None:
     """Queue the explanation stage of a triaged item (`integration.pipeline.explain_item`)
-    at the ECG's own priority (0 = STAT first, 9 = backfill last)."""
-    app.send_task(EXPLAIN_TASK, args=[item_id], queue=EXPLAIN_QUEUE, priority=priority)
+    at the ECG's own priority (0 = STAT first, 9 = backfill last), in the same trace."""
+    _send(app, EXPLAIN_TASK, item_id, queue=EXPLAIN_QUEUE, priority=priority)
+
+
+def _send(app: Celery, task: str, item_id: str, *, queue: str, priority: int) -> None:
+    attrs: dict[str, str | int] = {
+        "ecgbridge.item_id": item_id,
+        "ecgbridge.priority": priority,
+        "messaging.destination.name": queue,
+    }
+    with span(f"ecgbridge.enqueue {task}", kind=SpanKind.PRODUCER, attributes=attrs):
+        headers = inject_headers()  # empty when tracing is off: no header at all then
+        options: dict[str, Any] = {"headers": headers} if headers else {}
+        app.send_task(task, args=[item_id], queue=queue, priority=priority, **options)

@@ -111,14 +111,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from pydantic import ValidationError
+
+    from integration.observability import setup_process
+
+    try:
+        # structured logs (JSON for serve/worker) and traces: integration/observability.py
+        setup_process(args.command, verbose=args.verbose)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"ecgbridge: error: {problems}", file=sys.stderr)
+        return 2
     settings = get_settings()
     try:
+        if args.command in ("serve", "worker"):  # audit config.changed / config.loaded
+            from integration.audit.config_events import record_start
+
+            record_start(args.command)
         if args.command == "serve":
             asyncio.run(_serve(settings, args.worker))
             return 0
@@ -192,14 +201,33 @@ def _worker(settings: Settings, queues: str = "all") -> int:
         # On a machine shared with triage workers, explanations yield the CPU to triage:
         # the ED alert must not wait for a core (the child processes inherit the niceness).
         os.nice(10)
+    from inference.errors import DeviceUnavailableError
+
+    try:
+        device = settings.inference_device()
+    except DeviceUnavailableError as exc:
+        print(f"ecgbridge: error: {exc}", file=sys.stderr)
+        return 2
+    # Batching (or cuda): one process, a thread per batch slot, one shared model whose calls
+    # are batched (`inference.batching`); acks_late and prefetch 1 per thread as before.
+    pool, concurrency = settings.worker_pool(device, queues=queues)
+    log.info(
+        "worker on %s: %s pool x %d, batches of up to %d ECGs, wait %g ms",
+        device,
+        pool,
+        concurrency,
+        settings.effective_batch_max(device),
+        settings.effective_batch_wait_ms(device),
+    )
     app = create_app(settings)
+    app.conf.worker_pool = pool  # the tasks preload the model in a thread pool's process
     register(app, settings)
     app.worker_main(
         [
             "worker",
             "--loglevel=INFO",
-            f"--concurrency={settings.worker_concurrency}",
-            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
             "-Q",
             ",".join(names[queues]),
             "-n",
@@ -226,7 +254,7 @@ def _analyze(
 
     inputs = [ecg for path in files for ecg in read_ecg_file(path)]
     analyzer = Analyzer.load(
-        device=settings.device, group_thresholds=settings.fairness_group_thresholds
+        device=settings.inference_device(), group_thresholds=settings.fairness_group_thresholds
     )
     report_png = settings.report_png or picture_dir is not None
     explaining = make_explaining(

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,7 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from integration.errors import DuplicateConflictError, InboxError
@@ -170,6 +170,13 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+#: Called inside `Inbox.accept`'s transaction right after a new item's row is inserted, with
+#: that connection and the item's id (the audit log writes its entry there: one commit for
+#: both, `AuditLog.in_transaction`). Returns a callback that is told, once the transaction
+#: has ended, whether it committed.
+TransactionHook = Callable[[Connection, str], Callable[[bool], None]]
+
+
 class PayloadCipher(Protocol):
     """AES-GCM encryption of stored messages (`integration.audit.crypto.PhiCipher`)."""
 
@@ -254,11 +261,14 @@ class Inbox:
         priority: int = 0,
         ack: bytes | None = None,
         patient_key: str | None = None,
+        in_transaction: TransactionHook | None = None,
     ) -> Accepted:
         """Commit a message, or return the stored one for a replay of the same key.
 
         Raises `DuplicateConflictError` when the key is known with a different payload and
-        `InboxError` when the database cannot commit.
+        `InboxError` when the database cannot commit. ``in_transaction`` runs inside the
+        commit of a new item (not for a replay); what it raises rolls the item back and
+        propagates.
         """
         sha = hashlib.sha256(payload).hexdigest()
         now = _now()
@@ -279,9 +289,14 @@ class Inbox:
             "received_at": now,
             "updated_at": now,
         }
+        finish: Callable[[bool], None] | None = None
+        committed = False
         try:
             with self._engine.begin() as conn:
                 conn.execute(inbox_table.insert().values(**row))
+                if in_transaction is not None:
+                    finish = in_transaction(conn, item_id)
+            committed = True
         except IntegrityError:
             existing = self.find_by_key(idem_key)
             if existing is None:  # pragma: no cover - a unique violation always has a row
@@ -293,6 +308,9 @@ class Inbox:
             return Accepted(existing, created=False)
         except SQLAlchemyError as exc:
             raise InboxError(f"inbox commit failed: {exc.__class__.__name__}") from exc
+        finally:
+            if finish is not None:
+                finish(committed)
         item = self.get(item_id)
         assert item is not None
         return Accepted(item, created=True)

@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.trace import Span
+
 from inference.record import EcgRecord
 from integration import auditing, failpoints
 from integration.audit import AuditError, AuditEvent, Outcome
 from integration.auditing import Auditor
 from integration.errors import DuplicateConflictError, InboxError
 from integration.inbox import Accepted, ContentType, Inbox, InboxItem
+from integration.logging_setup import log_context
 from integration.metrics import Metrics
 from integration.mllp_client import ack_code
+from integration.tracing import root_span
 from mappers.errors import FhirResourceError, MappingError
 from mappers.fhir_attachment import SOURCE_TYPES
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
@@ -143,13 +147,28 @@ class IngestService:
         Original mode (MSH-15 empty): AA / AE / AR. Enhanced mode (MSH-15 = AL, NE, ER or
         SU): the commit ACK CA / CE / CR, sent as MSH-15 asks (AL always, NE never, ER only
         on error, SU only on success).
+
+        The root span of the ECG's trace (`integration.tracing`): the enqueue carries it to
+        the worker. Its attributes are ids only: channel, MSH-10, inbox item id, ACK code.
         """
+        with (
+            root_span("ecgbridge.receive_hl7", attributes={"ecgbridge.channel": channel}) as span,
+            log_context(channel=channel),
+        ):
+            ack = self._receive_hl7(message, channel=channel, span=span)
+            if ack is not None and span.is_recording():
+                span.set_attribute("ecgbridge.ack_code", ack_code(ack))
+            return ack
+
+    def _receive_hl7(self, message: bytes, *, channel: str, span: Span) -> bytes | None:
         if self._metrics is not None:
             self._metrics.messages_received(channel)
         try:
             msh = parse_msh(message)
         except MappingError as exc:
-            log.warning("HL7 message refused before MSH could be read: %s", exc)
+            log.warning(
+                "HL7 message refused before MSH could be read: %s", exc, extra={"event": "refused"}
+            )
             self._record(
                 auditing.received(
                     actor=channel,
@@ -160,11 +179,19 @@ class IngestService:
                 )
             )
             return self._answer(fallback_msh(), "AR", channel=channel, error=exc)
-        actor = f"{channel}:{msh.sending_application}|{msh.sending_facility}"
+        sender = f"{msh.sending_application}|{msh.sending_facility}"
+        actor = f"{channel}:{sender}"
+        span.set_attribute("ecgbridge.message_id", msh.control_id)
+        extra = {"sender": sender}
         try:
             _, record = parse_oru_r01(message)
         except MappingError as exc:
-            log.warning("HL7 message %s refused: %s", msh.control_id, exc)
+            log.warning(
+                "HL7 message %s refused: %s",
+                msh.control_id,
+                exc,
+                extra=extra | {"event": "refused"},
+            )
             self._record(
                 auditing.received(
                     actor=actor,
@@ -199,7 +226,12 @@ class IngestService:
                 patient_key=self._key_of(record),
             )
         except DuplicateConflictError as exc:
-            log.warning("HL7 message %s refused: %s", msh.control_id, exc)
+            log.warning(
+                "HL7 message %s refused: %s",
+                msh.control_id,
+                exc,
+                extra=extra | {"event": "duplicate_conflict"},
+            )
             self._record(
                 auditing.received(
                     actor=actor,
@@ -216,7 +248,12 @@ class IngestService:
                 error=_DuplicateError(str(exc), location="MSH[1].10"),
             )
         except InboxError as exc:
-            log.error("HL7 message %s not committed: %s", msh.control_id, exc)
+            log.error(
+                "HL7 message %s not committed: %s",
+                msh.control_id,
+                exc,
+                extra=extra | {"event": "not_committed"},
+            )
             return self._answer(
                 msh,
                 "AE",
@@ -224,8 +261,14 @@ class IngestService:
                 error=_StorageError("message not stored; resend later"),
             )
         item = accepted.item
+        span.set_attribute("ecgbridge.item_id", item.id)
+        extra |= {"item_id": item.id}
         if not accepted.created:
-            log.info("HL7 message %s is a replay; stored ACK re-sent", msh.control_id)
+            log.info(
+                "HL7 message %s is a replay; stored ACK re-sent",
+                msh.control_id,
+                extra=extra | {"event": "replay"},
+            )
             self._record(
                 auditing.ack_sent(
                     actor=actor,
@@ -235,7 +278,13 @@ class IngestService:
                 )
             )
             return item.ack or None
-        log.info("HL7 message %s committed as %s", msh.control_id, item.id)
+        # the line carries the trace id (JSON logs): the inbox item -> trace look-up
+        log.info(
+            "HL7 message %s committed as %s",
+            msh.control_id,
+            item.id,
+            extra=extra | {"event": "committed"},
+        )
         failpoints.hit("after_inbox_commit")
         self._queue(item)
         if self._metrics is not None:
@@ -310,30 +359,47 @@ class IngestService:
             raise FhirResourceError("the Bundle holds no ECG Observation", location="Bundle.entry")
         out: list[FhirAccepted] = []
         for index, record in records:
-            payload = _single_payload(obj, index)
-            accepted = self._inbox.accept(
-                idem_key=fhir_idempotency_key(record, payload),
-                channel=channel,
-                content_type=ContentType.FHIR,
-                payload=payload,
-                record_id=record.record_id,
-                priority=ROUTINE_PRIORITY,
-                patient_key=self._key_of(record),
-            )
-            self._record(
-                auditing.received(
-                    actor=channel,
-                    message_id=record.record_id,
-                    record=record,
-                    ecg_id=accepted.item.id,
-                    replay=not accepted.created,
-                )
-            )
-            if accepted.created:
-                log.info("FHIR ECG %s committed as %s", record.record_id, accepted.item.id)
-                self._queue(accepted.item)
-            out.append(FhirAccepted(index, accepted))
+            # one trace per ECG, even for several in one Bundle
+            attrs: dict[str, str | int] = {
+                "ecgbridge.channel": channel,
+                "ecgbridge.entry_index": index,
+            }
+            with root_span("ecgbridge.receive_fhir", attributes=attrs) as span:
+                out.append(self._accept_fhir(obj, index, record, channel=channel, span=span))
         return out
+
+    def _accept_fhir(
+        self, obj: Any, index: int, record: EcgRecord, *, channel: str, span: Span
+    ) -> FhirAccepted:
+        payload = _single_payload(obj, index)
+        accepted = self._inbox.accept(
+            idem_key=fhir_idempotency_key(record, payload),
+            channel=channel,
+            content_type=ContentType.FHIR,
+            payload=payload,
+            record_id=record.record_id,
+            priority=ROUTINE_PRIORITY,
+            patient_key=self._key_of(record),
+        )
+        span.set_attribute("ecgbridge.item_id", accepted.item.id)
+        self._record(
+            auditing.received(
+                actor=channel,
+                message_id=record.record_id,
+                record=record,
+                ecg_id=accepted.item.id,
+                replay=not accepted.created,
+            )
+        )
+        if accepted.created:
+            log.info(
+                "FHIR ECG %s committed as %s",
+                record.record_id,
+                accepted.item.id,
+                extra={"channel": channel, "item_id": accepted.item.id, "event": "committed"},
+            )
+            self._queue(accepted.item)
+        return FhirAccepted(index, accepted)
 
     def _queue(self, item: InboxItem) -> None:
         try:

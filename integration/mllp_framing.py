@@ -52,6 +52,9 @@ class MllpDecoder:
     Bytes outside a frame are collected until an end block shows up (reported as
     `Malformed`, so the sender still gets an answer); a frame over `max_frame` bytes is
     skipped to its end block without buffering it and reported as `Oversize`.
+
+    Each byte is searched once: a frame trickled in one byte per read costs linear, not
+    quadratic, time (the search resumes where the last one stopped).
     """
 
     def __init__(self, *, max_frame: int) -> None:
@@ -61,6 +64,13 @@ class MllpDecoder:
         self._skipping = False
         self._skip_head = b""
         self._skip_size = 0
+        #: Bytes of `_buf` already searched for a start and an end block (found neither).
+        self._scanned = 0
+
+    @property
+    def inside_frame(self) -> bool:
+        """Whether the bytes held (or skipped) are part of a started frame."""
+        return self._in_frame or self._skipping
 
     @property
     def pending_bytes(self) -> int:
@@ -76,52 +86,60 @@ class MllpDecoder:
                 if end < 0:
                     keep = 1 if self._buf.endswith(END[:1]) else 0
                     self._skip_size += len(self._buf) - keep
-                    del self._buf[: len(self._buf) - keep]
+                    self._consume(len(self._buf) - keep)
                     return events
                 self._skip_size += end
                 events.append(Oversize(self._skip_head, self._skip_size))
-                del self._buf[: end + len(END)]
+                self._consume(end + len(END))
                 self._skipping = False
                 self._skip_head = b""
                 self._skip_size = 0
                 continue
+            # resume the search where the last one stopped (one byte back: an end block
+            # split across reads)
+            start = self._buf.find(START, self._scanned)
+            end = self._buf.find(END, max(0, self._scanned - 1))
             if not self._in_frame:
-                start = self._buf.find(START)
-                end = self._buf.find(END)
                 if end >= 0 and (start < 0 or end < start):
                     stray = bytes(self._buf[:end]).strip()
-                    del self._buf[: end + len(END)]
+                    self._consume(end + len(END))
                     if stray:
                         events.append(Malformed(stray[:HEAD_BYTES], "missing MLLP start block"))
                     continue
                 if start < 0:
                     if len(self._buf) > self.max_frame:
                         self._begin_skip(bytes(self._buf[:HEAD_BYTES]), len(self._buf))
+                    else:
+                        self._scanned = len(self._buf)
                     return events
-                del self._buf[: start + 1]
+                self._consume(start + 1)
                 self._in_frame = True
                 continue
-            end = self._buf.find(END)
-            restart = self._buf.find(START)
-            if restart >= 0 and (end < 0 or restart < end):
-                events.append(Malformed(bytes(self._buf[:restart])[:HEAD_BYTES], "frame cut short"))
-                del self._buf[: restart + 1]
+            if start >= 0 and (end < 0 or start < end):
+                events.append(Malformed(bytes(self._buf[:start])[:HEAD_BYTES], "frame cut short"))
+                self._consume(start + 1)
                 continue
             if end < 0:
                 if len(self._buf) > self.max_frame:
                     self._begin_skip(bytes(self._buf[:HEAD_BYTES]), len(self._buf))
                     self._in_frame = False
+                else:
+                    self._scanned = len(self._buf)
                 return events
             if end > self.max_frame:
                 events.append(Oversize(bytes(self._buf[:HEAD_BYTES]), end))
             else:
                 events.append(Frame(bytes(self._buf[:end])))
-            del self._buf[: end + len(END)]
+            self._consume(end + len(END))
             self._in_frame = False
+
+    def _consume(self, n: int) -> None:
+        del self._buf[:n]
+        self._scanned = 0
 
     def _begin_skip(self, head: bytes, size: int) -> None:
         keep = 1 if self._buf.endswith(END[:1]) else 0
         self._skipping = True
         self._skip_head = head
         self._skip_size = size - keep
-        del self._buf[: len(self._buf) - keep]
+        self._consume(len(self._buf) - keep)

@@ -1,5 +1,8 @@
 """The worker's job for one inbox item: decode, analyse, build the report, write it back,
-mark the item done. Safe to run twice for the same item (idempotent write-back)."""
+mark the item done. Safe to run twice for the same item (idempotent write-back).
+
+Each stage is a child span of the ECG's trace (`integration.tracing`): ``ecgbridge.decode``,
+``.model``, ``.alert``, ``.report_build``, ``.writeback`` (and ``.explain``, ``.picture``)."""
 
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from integration.alerts import AlertSender
 from integration.auditing import Auditor
 from integration.inbox import Inbox, Status
 from integration.ingest import decode_item
+from integration.tracing import span
 from integration.writeback import ReportWriter, Written
 from mappers.ecg_picture import Highlight, render_ecg
 from mappers.errors import MappingError
-from mappers.fhir_r4 import build_report
+from mappers.fhir_r4 import ReportResources, build_report
 from mappers.fhir_report import report_attachments
 
 log = logging.getLogger(__name__)
@@ -141,19 +145,30 @@ def triage_and_write(
     (``preliminary`` when explanations will follow). The alert goes out before the report is
     built and written: it never waits for them."""
     t0 = time.perf_counter()
-    result = analyzer.analyze(record, now=now)
+    with span("ecgbridge.model", attributes={"ecgbridge.model_version": analyzer.model_version}):
+        result = analyzer.analyze(record, now=now)
     report_id = report_identity(idem_key, analyzer.model_version)
     if alerts is not None:
-        alerts.send_alert(result, record, f"DiagnosticReport/{report_id}", ecg_id=ecg_id)
+        with span("ecgbridge.alert"):
+            alerts.send_alert(result, record, f"DiagnosticReport/{report_id}", ecg_id=ecg_id)
     t1 = time.perf_counter()
-    resources = build_report(
-        result, record, report_id=report_id, issued=now, preliminary=preliminary
-    )
-    failpoints.hit("before_writeback")
-    written = writer.write(resources)
-    failpoints.hit("after_writeback")
+    with span("ecgbridge.report_build", attributes={"ecgbridge.preliminary": preliminary}):
+        resources = build_report(
+            result, record, report_id=report_id, issued=now, preliminary=preliminary
+        )
+    written = _write(writer, resources)
     t2 = time.perf_counter()
     return Analysed(result, written, model_ms=(t1 - t0) * 1000.0, writeback_ms=(t2 - t1) * 1000.0)
+
+
+def _write(writer: ReportWriter, resources: ReportResources) -> Written:
+    with span("ecgbridge.writeback") as current:
+        failpoints.hit("before_writeback")
+        written = writer.write(resources)
+        failpoints.hit("after_writeback")
+        if current.is_recording():
+            current.set_attribute("ecgbridge.report_ref", written.report_ref)
+        return written
 
 
 def explain_and_write(
@@ -168,7 +183,8 @@ def explain_and_write(
     """Add the explanations, measurements and picture to an analysed record's report and
     write it ``final`` (the same resource ids as the triage report: a new version)."""
     t0 = time.perf_counter()
-    explanation = _explain(explaining, record, result)
+    with span("ecgbridge.explain"):
+        explanation = _explain(explaining, record, result)
     if explanation is not None:
         result = replace(
             result,
@@ -178,18 +194,18 @@ def explain_and_write(
             explanation=dict(explanation.to_json()),
         )
     t1 = time.perf_counter()
-    attachments, png = _picture(explaining, record, result, explanation, now)
+    with span("ecgbridge.picture"):
+        attachments, png = _picture(explaining, record, result, explanation, now)
     t2 = time.perf_counter()
-    resources = build_report(
-        result,
-        record,
-        report_id=report_identity(idem_key, result.model_version),
-        issued=now,
-        presented_form=attachments,
-    )
-    failpoints.hit("before_writeback")
-    written = writer.write(resources)
-    failpoints.hit("after_writeback")
+    with span("ecgbridge.report_build", attributes={"ecgbridge.preliminary": False}):
+        resources = build_report(
+            result,
+            record,
+            report_id=report_identity(idem_key, result.model_version),
+            issued=now,
+            presented_form=attachments,
+        )
+    written = _write(writer, resources)
     t3 = time.perf_counter()
     return Analysed(
         result,
@@ -289,7 +305,10 @@ def process_item(
     inbox.mark_processing(item_id)
     t0 = time.perf_counter()
     try:
-        record = decode_item(item)
+        with span(
+            "ecgbridge.decode", attributes={"ecgbridge.content_type": item.content_type.value}
+        ):
+            record = decode_item(item)
     except MappingError as exc:  # validated at ingest; only a mapper change gets here
         reason = f"stored message no longer decodes: {exc}"
         inbox.mark_dead_letter(item_id, reason=reason)
@@ -366,9 +385,11 @@ def explain_item(
     if item.status is not Status.TRIAGED:
         log.info("inbox item %s is %s, not triaged; no explanation now", item_id, item.status)
         return Outcome(item_id, item.status, item.report_ref, None)
-    record = decode_item(item)
+    with span("ecgbridge.decode", attributes={"ecgbridge.content_type": item.content_type.value}):
+        record = decode_item(item)
     now = clock()
-    result = analyzer.analyze(record, now=now)
+    with span("ecgbridge.model", attributes={"ecgbridge.model_version": analyzer.model_version}):
+        result = analyzer.analyze(record, now=now)
     stage = explaining or Explaining(None, png=False, pdf=False)
     done = explain_and_write(
         record, result, idem_key=item.idem_key, writer=writer, now=now, explaining=stage

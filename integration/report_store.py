@@ -42,6 +42,8 @@ FHIR_JSON = "application/fhir+json"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 DEFAULT_COUNT = 50
 MAX_COUNT = 200
+#: Deepest page a search may ask for (``_offset``): a patient's reports, not a bulk export.
+MAX_OFFSET = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,20 +212,39 @@ class ReportStore:
         value = token.rsplit("|", 1)[-1]
         return [self._key(value)] if value else []
 
-    def search(self, keys: list[str], *, count: int) -> list[FoundReport]:
+    def search(self, keys: list[str], *, count: int, offset: int = 0) -> SearchPage:
+        """The patient's reports `offset` .. `offset` + `count` (newest first), and whether
+        there are more after them."""
+        indexed = self._index.for_patient(keys, limit=offset + count + 1)
         out = []
-        for indexed in self._index.for_patient(keys, limit=count):
-            resource = self._source.read(indexed.report_id)
+        for item in indexed[offset : offset + count]:
+            resource = self._source.read(item.report_id)
             if resource is not None:
-                out.append(FoundReport(indexed, resource))
-        return out
+                out.append(FoundReport(item, resource))
+        return SearchPage(found=out, more=len(indexed) > offset + count)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of a search: its reports and whether a next page has some."""
+
+    found: list[FoundReport]
+    more: bool
 
 
 def searchset(
-    found: list[FoundReport], *, base_url: str, self_url: str, warnings: list[str]
+    found: list[FoundReport],
+    *,
+    base_url: str,
+    self_url: str,
+    warnings: list[str],
+    next_url: str | None = None,
+    offset: int = 0,
 ) -> dict[str, Any]:
     """A FHIR R4 searchset Bundle of the reports (``search.mode`` match) and, when there are
-    warnings, an OperationOutcome entry (``search.mode`` outcome)."""
+    warnings, an OperationOutcome entry (``search.mode`` outcome). With `next_url` (more
+    reports after this page) a ``next`` link and no ``total`` (not counted); on the last page
+    ``total`` = `offset` + the reports on it."""
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{base_url}/DiagnosticReport/{f.resource.get('id', f.indexed.report_id)}",
@@ -245,13 +266,14 @@ def searchset(
                 "search": {"mode": "outcome"},
             }
         )
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(found),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": entries,
-    }
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if next_url is None:
+        bundle["total"] = offset + len(found)
+    bundle["link"] = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        bundle["link"].append({"relation": "next", "url": next_url})
+    bundle["entry"] = entries
+    return bundle
 
 
 def store_from_settings(
@@ -320,7 +342,8 @@ def make_report_router(
 ) -> APIRouter:
     """``GET /fhir/DiagnosticReport/{id}`` (read) and ``GET /fhir/DiagnosticReport`` (search
     by ``subject`` / ``patient`` = ``Patient/<id>``, or ``subject:identifier`` /
-    ``patient:identifier`` = ``[system|]value``; ``_count`` up to 200, newest first). Each
+    ``patient:identifier`` = ``[system|]value``; newest first, ``_count`` (default 50, at most
+    200) per page, a ``next`` link (``_offset``) while there are more). Each
     report returned is audited as ``report.read``. Without a store (reports leave as HL7 v2
     only) both answer 501."""
     router = APIRouter(prefix="/fhir/DiagnosticReport", dependencies=list(dependencies))
@@ -371,6 +394,12 @@ def make_report_router(
             return _outcome(400, "invalid", "_count must be an integer")
         if count < 0:
             return _outcome(400, "invalid", "_count must not be negative")
+        try:
+            offset = int(q.get("_offset", 0))
+        except ValueError:
+            return _outcome(400, "invalid", "_offset must be an integer")
+        if not 0 <= offset <= MAX_OFFSET:
+            return _outcome(400, "invalid", f"_offset must be between 0 and {MAX_OFFSET}")
         keys: list[str] = []
         warnings: list[str] = []
         subjects = [v for name in ("subject", "patient") for v in q.getlist(name)]
@@ -396,14 +425,26 @@ def make_report_router(
                 warnings += warn
             for token in identifiers:
                 keys += store.keys_for_identifier(token)
-            found = await anyio.to_thread.run_sync(lambda: store.search(keys, count=count))
+            page = await anyio.to_thread.run_sync(
+                lambda: store.search(keys, count=count, offset=offset)
+            )
         except (InboxError, EhrUnavailableError) as exc:
             return _unavailable(exc)
-        for f in found:
+        for f in page.found:
             _audited(request, f, "search")
         base = str(request.base_url).rstrip("/") + "/fhir"
+        next_url = None
+        if page.more and count > 0 and offset + count <= MAX_OFFSET:
+            next_url = str(request.url.include_query_params(_count=count, _offset=offset + count))
         return JSONResponse(
-            searchset(found, base_url=base, self_url=str(request.url), warnings=warnings),
+            searchset(
+                page.found,
+                base_url=base,
+                self_url=str(request.url),
+                warnings=warnings,
+                next_url=next_url,
+                offset=offset,
+            ),
             media_type=FHIR_JSON,
         )
 

@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WritebackMode = Literal["put", "transaction", "hl7v2", "ndjson"]
+DeviceSetting = Literal["auto", "cpu", "cuda"]
+DEVICE_SETTINGS: tuple[DeviceSetting, ...] = ("auto", "cpu", "cuda")
 WRITEBACK_MODES: tuple[WritebackMode, ...] = ("put", "transaction", "hl7v2", "ndjson")
 
 
@@ -46,7 +48,16 @@ class Settings(BaseSettings):
     ehr_fhir_base_url: str | None = None
     data_dir: Path = Path("./var")
     out_dir: Path = Path("./var/out")
-    device: str | None = None
+    #: Inference device: ``auto`` (``cuda`` when torch sees a CUDA device, else ``cpu``),
+    #: ``cpu`` or ``cuda`` (the worker refuses to start when there is none).
+    device: DeviceSetting = "auto"
+    #: Dynamic batching in the worker (`inference.batching`): at most this many ECGs per
+    #: model call. Unset: 32 on cuda, 1 (no batching) on cpu. Above 1, or on cuda, the
+    #: worker runs a thread pool of this many task threads sharing one model.
+    batch_max: int | None = Field(default=None, ge=1, le=1024)
+    #: How long the first ECG of a batch waits for others (ms). Unset: 10 on cuda, 0 on cpu.
+    batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+    #: Prefork worker processes (cpu without batching; see ``batch_max`` otherwise).
     worker_concurrency: int = Field(default=1, ge=1)
     #: Threads torch uses in each worker process. Scale out with processes (concurrency),
     #: not threads: one thread per process avoids oversubscribing the cores.
@@ -79,6 +90,10 @@ class Settings(BaseSettings):
     #: ORU^R01 result message over MLLP to ``v2_result_host``), ``ndjson`` (files in
     #: ``out_dir``). Unset: ``put`` with a FHIR base URL, else ``ndjson``.
     writeback_mode: WritebackMode | None = None
+    #: The model card written (once per model version, as a DocumentReference beside the
+    #: model's Device) by the FHIR and ndjson modes. Unset: MODEL_CARD.md next to the
+    #: packages, else only its published url (`integration.writeback.load_model_card`).
+    model_card_path: Path | None = None
     #: The EHR's (or interface engine's) MLLP listener for ``hl7v2`` write-back.
     v2_result_host: str | None = None
     v2_result_port: int = Field(default=2575, ge=1, le=65535)
@@ -92,6 +107,35 @@ class Settings(BaseSettings):
     #: MSH-5 / MSH-6 of the result messages (how the interface engine routes them).
     v2_result_receiving_application: str = ""
     v2_result_receiving_facility: str = ""
+    #: Enhanced-mode application ACKs (MSH-16 AL/ER/SU, `integration.app_ack`): where each
+    #: sender listens for them, ``SENDER=host:port`` comma-separated, SENDER being
+    #: MSH-3^MSH-4 (namespace ids, e.g. ``ECGCART^WARD``) or ``*`` for any other sender.
+    #: A sender without one: its application ACKs are skipped (logged once, audited).
+    app_ack_endpoints: str = ""
+    #: Seconds to wait for the connection and for each ACK of an application ACK.
+    app_ack_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("app_ack_endpoints")
+    @classmethod
+    def _endpoints_parse(cls, value: str) -> str:
+        if value.strip():
+            from integration.app_ack import parse_endpoints
+
+            parse_endpoints(value)  # ValueError naming the bad entry
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: object) -> object:
+        if value is None or value == "":
+            return "auto"
+        device = str(value).strip().lower()
+        if device not in DEVICE_SETTINGS:
+            raise ValueError(
+                f"ECGBRIDGE_DEVICE={value!r} is not a device; "
+                f"use one of {', '.join(DEVICE_SETTINGS)}"
+            )
+        return device
 
     @field_validator("writeback_mode", mode="before")
     @classmethod
@@ -148,6 +192,49 @@ class Settings(BaseSettings):
     def effective_ehr_base_url(self) -> str | None:
         """Where notified resources are read from: ``ehr_fhir_base_url`` or ``fhir_base_url``."""
         return self.ehr_fhir_base_url or self.fhir_base_url
+
+    def inference_device(self) -> str:
+        """``device`` resolved: ``cuda`` or ``cpu`` (imports torch). Raises
+        `DeviceUnavailableError` naming ECGBRIDGE_DEVICE when ``cuda`` is set without a CUDA
+        device."""
+        from inference.analyzer import resolve_device
+        from inference.errors import DeviceUnavailableError
+
+        try:
+            return resolve_device(self.device)
+        except DeviceUnavailableError as exc:
+            raise DeviceUnavailableError(
+                f"ECGBRIDGE_DEVICE={self.device}: {exc}; set ECGBRIDGE_DEVICE=auto or cpu "
+                "on a machine without a GPU"
+            ) from exc
+
+    def effective_batch_max(self, device: str) -> int:
+        """``batch_max``, or 32 on cuda and 1 on cpu (`device` as `inference_device` gives)."""
+        if self.batch_max is not None:
+            return self.batch_max
+        return 32 if device.startswith("cuda") else 1
+
+    def effective_batch_wait_ms(self, device: str) -> float:
+        """``batch_wait_ms``, or 10 ms on cuda and 0 on cpu."""
+        if self.batch_wait_ms is not None:
+            return self.batch_wait_ms
+        return 10.0 if device.startswith("cuda") else 0.0
+
+    def worker_pool(
+        self, device: str, *, queues: str = "all"
+    ) -> tuple[Literal["prefork", "threads"], int]:
+        """The Celery pool and its concurrency on `device`: with batching (or on cuda, where
+        forking after CUDA starts is unsafe) a thread pool of ``effective_batch_max`` task
+        threads sharing one model; otherwise ``worker_concurrency`` prefork processes. An
+        explanation-only worker (``queues="explain"``) batches nothing: ``worker_concurrency``
+        threads on cuda, processes on cpu."""
+        cuda = device.startswith("cuda")
+        if queues == "explain":
+            return ("threads" if cuda else "prefork"), self.worker_concurrency
+        batch_max = self.effective_batch_max(device)
+        if batch_max > 1 or cuda:
+            return "threads", batch_max
+        return "prefork", self.worker_concurrency
 
     @property
     def broker_dir(self) -> Path:

@@ -20,22 +20,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
+from collections.abc import Iterator
 from functools import cache, cached_property
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutdown
+from opentelemetry.trace import SpanKind
 
 from inference.analyzer import Analyzer
 from integration.alerts import AlertSender, get_alert_settings
+from integration.app_ack import AppAcker, parse_endpoints
 from integration.audit import AuditLog, AuditStoreError
 from integration.celery_app import ANALYZE_TASK, EXPLAIN_TASK, enqueue_explanation
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
+from integration.logging_setup import log_context
 from integration.pipeline import Explaining, explain_item, process_item
 from integration.settings import Settings
 from integration.smart import BackendServicesAuth, get_smart_settings
+from integration.tracing import TRACEPARENT, extract_context, inject_headers, span
 from integration.writeback import (
     FhirServerWriter,
     FhirTransactionWriter,
@@ -43,6 +49,7 @@ from integration.writeback import (
     NdjsonSink,
     ReportWriter,
     client_tls_context,
+    load_model_card,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,12 @@ def make_writer(settings: Settings) -> ReportWriter:
     if mode in ("put", "transaction"):
         assert settings.fhir_base_url  # the settings refuse these modes without one
         kind = FhirServerWriter if mode == "put" else FhirTransactionWriter
-        return kind(settings.fhir_base_url, timeout_s=settings.fhir_timeout_s, auth=smart_auth())
+        return kind(
+            settings.fhir_base_url,
+            timeout_s=settings.fhir_timeout_s,
+            auth=smart_auth(),
+            model_card=load_model_card(settings.model_card_path),
+        )
     if mode == "hl7v2":
         assert settings.v2_result_host  # the settings refuse the mode without one
         tls = None
@@ -87,7 +99,7 @@ def make_writer(settings: Settings) -> ReportWriter:
             receiving_application=settings.v2_result_receiving_application,
             receiving_facility=settings.v2_result_receiving_facility,
         )
-    return NdjsonSink(settings.out_dir)
+    return NdjsonSink(settings.out_dir, model_card=load_model_card(settings.model_card_path))
 
 
 def smart_auth() -> BackendServicesAuth | None:
@@ -121,23 +133,77 @@ def make_alert_sender(settings: Settings, audit: AuditLog) -> AlertSender | None
     )
 
 
+def load_worker_analyzer(settings: Settings) -> Analyzer:
+    """The worker's analyzer on ``settings.inference_device()``: behind a dynamic batcher
+    (`inference.batching`) when the worker runs a thread pool (`Settings.worker_pool`), so
+    its task threads share batched model calls; the plain analyzer otherwise."""
+    device = settings.inference_device()
+    analyzer = Analyzer.load(
+        device=device,
+        num_threads=settings.torch_threads,
+        group_thresholds=settings.fairness_group_thresholds,
+    )
+    batch_max = settings.effective_batch_max(device)
+    if batch_max <= 1:
+        return analyzer
+    from inference.batching import BatchingAnalyzer
+
+    return BatchingAnalyzer(
+        analyzer, max_batch=batch_max, wait_ms=settings.effective_batch_wait_ms(device)
+    )
+
+
 class _WorkerState:
     """What one worker process loads once: the model, the inbox engine, the writer."""
 
     def __init__(self, settings: Settings) -> None:
-        self.analyzer = Analyzer.load(
-            device=settings.device, group_thresholds=settings.fairness_group_thresholds
-        )
+        self.analyzer = load_worker_analyzer(settings)
         self.audit = AuditLog.from_settings()
         self.inbox = Inbox.from_url(settings.effective_database_url, cipher=self.audit.cipher)
         self.writer = make_writer(settings)
         self.alerts = make_alert_sender(settings, self.audit)
+        self.app_acks = AppAcker(
+            endpoints=parse_endpoints(settings.app_ack_endpoints),
+            audit=self.audit,
+            timeout_s=settings.app_ack_timeout_s,
+        )
         self._settings = settings
 
     @cached_property
     def explaining(self) -> Explaining | None:
         """Loaded on first use: a triage-only worker never needs the explainer."""
         return make_explaining(self._settings, self.analyzer)
+
+
+def message_headers(request: Any) -> dict[str, str]:
+    """The trace headers a task message carried. Celery (protocol 2) puts custom headers
+    on the request itself; some paths keep them in ``request.headers``."""
+    found: dict[str, str] = {}
+    nested = getattr(request, "headers", None)
+    if isinstance(nested, dict):
+        found |= {k: v for k, v in nested.items() if isinstance(v, str)}
+    for key in (TRACEPARENT, "tracestate"):
+        value = getattr(request, key, None)
+        if isinstance(value, str):
+            found.setdefault(key, value)
+    return found
+
+
+@contextlib.contextmanager
+def task_span(task: Task, name: str, item_id: str) -> Iterator[None]:
+    """The task's span, a child of the enqueue span whose ``traceparent`` the message
+    carries (one trace per ECG), with the item id on every log line inside."""
+    retries = int(task.request.retries or 0)
+    with (
+        span(
+            name,
+            kind=SpanKind.CONSUMER,
+            context=extract_context(message_headers(task.request)),
+            attributes={"ecgbridge.item_id": item_id, "ecgbridge.retries": retries},
+        ),
+        log_context(item_id=item_id),
+    ):
+        yield
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -149,9 +215,28 @@ def _is_transient(exc: BaseException) -> bool:
 def register(app: Celery, settings: Settings) -> None:
     """Register the analysis task on `app`."""
 
+    state_lock = threading.Lock()  # a thread pool's first tasks must not load it twice
+
     @cache
     def state() -> _WorkerState:
+        with state_lock:
+            return _state()
+
+    @cache
+    def _state() -> _WorkerState:
         return _WorkerState(settings)
+
+    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _preload_threads(**_: Any) -> None:
+        # A thread pool has no worker_process_init: load in the worker process itself.
+        if app.conf.worker_pool == "threads":
+            state()
+
+    @worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _close_batcher(**_: Any) -> None:
+        close = getattr(state().analyzer, "close", None) if state.cache_info().currsize else None
+        if close is not None:
+            close()  # finishes queued ECGs, joins the batcher thread
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _preload(**_: Any) -> None:
@@ -168,6 +253,10 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
     )
     def analyze_ecg(self: Task, item_id: str) -> dict[str, Any]:
+        with task_span(self, "ecgbridge.analyze_ecg", item_id):
+            return _analyze(self, item_id)
+
+    def _analyze(self: Task, item_id: str) -> dict[str, Any]:
         s = state()
         staged = settings.explain or settings.report_png or settings.report_pdf
         try:
@@ -187,6 +276,7 @@ def register(app: Celery, settings: Settings) -> None:
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)
+        s.app_acks.after_processing(item_id, inbox=s.inbox)  # enhanced-mode application ACK
         return {"item_id": item_id, "status": outcome.status.value, "report": outcome.report_ref}
 
     @app.task(  # type: ignore[untyped-decorator]
@@ -196,6 +286,10 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
     )
     def explain_ecg(self: Task, item_id: str) -> dict[str, Any]:
+        with task_span(self, "ecgbridge.explain_ecg", item_id):
+            return _explain(self, item_id)
+
+    def _explain(self: Task, item_id: str) -> dict[str, Any]:
         s = state()
         try:
             outcome = explain_item(
@@ -213,7 +307,8 @@ def register(app: Celery, settings: Settings) -> None:
             if _is_transient(exc) and retries < settings.task_max_retries:
                 delay = backoff_s(retries)
                 log.warning("item %s explanation: %s; retry in %.1f s", item_id, exc, delay)
-                raise self.retry(exc=exc, countdown=delay) from exc
+                # the retry stays in the ECG's trace
+                raise self.retry(exc=exc, countdown=delay, headers=inject_headers()) from exc
             reason = f"final report not written: {exc.__class__.__name__}: {exc}"
             log.error("item %s dead-lettered: %s", item_id, reason)
             with contextlib.suppress(InboxError):
@@ -241,7 +336,9 @@ def register(app: Celery, settings: Settings) -> None:
             )
             with contextlib.suppress(InboxError):
                 s.inbox.mark_retrying(item_id, error=f"{exc.__class__.__name__}: {exc}"[:2000])
-            raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
+            raise self.retry(
+                exc=exc, countdown=delay, max_retries=limit, headers=inject_headers()
+            ) from exc
         reason = f"{exc.__class__.__name__}: {exc}"
         if not permanent:
             reason = f"after {retries + 1} attempts: {reason}"
@@ -252,4 +349,5 @@ def register(app: Celery, settings: Settings) -> None:
             log.exception(
                 "item %s: could not record the dead letter; reconciler will retry", item_id
             )
+        s.app_acks.after_processing(item_id, inbox=s.inbox)  # enhanced-mode application ACK
         return {"item_id": item_id, "status": "dead_letter", "reason": reason}

@@ -23,6 +23,15 @@ Modes (``ECGBRIDGE_WRITEBACK_MODE``, built by `integration.tasks.make_writer`):
 ``ndjson`` (`NdjsonSink`; the default without a FHIR base URL)
     FHIR ndjson files under ``ECGBRIDGE_OUT_DIR``.
 
+With each report the FHIR modes (``put``, ``transaction``, ``ndjson``) write its AuditEvent
+(`mappers.fhir_report_audit`) and, the first time a writer sees a model version, the model's
+Device and model-card DocumentReference (`mappers.fhir_device`: deterministic ids from the
+model version). The FHIR writers read them first and write them only when the server lacks
+them or holds another content (a PUT of the same content still makes a new version on most
+servers, Medplum's included), so another worker or a restart adds no version; the ndjson sink
+skips identical lines. The model card is MODEL_CARD.md (`load_model_card`); the ``hl7v2``
+mode writes none of these.
+
 Errors are one `WriteBackError` with ``transient`` set the same way for every mode:
 transient (the task retries with backoff) for timeouts, refused connections, HTTP 5xx, 408
 and 429, and HL7 ``AE``/``CE``; permanent (dead letter at once) for other HTTP 4xx (the
@@ -43,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -51,6 +60,7 @@ from integration import failpoints
 from integration.errors import WriteBackError
 from integration.mllp_client import AckRejectedError, MllpClient
 from integration.smart import TokenError
+from mappers.fhir_device import ModelCard, ModelResources, model_resources
 from mappers.fhir_r4 import ReportResources, report_bundle, resource_json
 from mappers.hl7v2_result_out import (
     build_result_oru,
@@ -58,6 +68,7 @@ from mappers.hl7v2_result_out import (
     result_control_id,
     result_status,
 )
+from mappers.profiles import CANONICAL_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +89,68 @@ class ReportWriter(Protocol):
     def close(self) -> None: ...
 
 
+#: The model card next to the packages (a source checkout or an editable install).
+DEFAULT_MODEL_CARD: Final[Path] = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
+#: Where the project publishes the model card: the DocumentReference's url when the text
+#: is not at hand.
+MODEL_CARD_URL: Final[str] = f"{CANONICAL_ROOT}/MODEL_CARD.md"
+
+
+def load_model_card(path: Path | None = None) -> ModelCard:
+    """The model card to write beside the reports: `path` (``ECGBRIDGE_MODEL_CARD_PATH``)
+    or MODEL_CARD.md next to the packages. A `path` that cannot be read is an error; without
+    one and without the default file (an installed wheel) the card is referenced by its
+    published url only (no inline text, no hash)."""
+    if path is not None:
+        try:
+            return ModelCard(markdown=path.read_bytes(), title=path.name)
+        except OSError as exc:
+            raise ValueError(
+                f"ECGBRIDGE_MODEL_CARD_PATH={path}: cannot read the model card ({exc.strerror})"
+            ) from exc
+    if DEFAULT_MODEL_CARD.is_file():
+        return ModelCard(markdown=DEFAULT_MODEL_CARD.read_bytes(), title=DEFAULT_MODEL_CARD.name)
+    log.warning("MODEL_CARD.md not found; the model card is written by url (%s)", MODEL_CARD_URL)
+    return ModelCard(url=MODEL_CARD_URL)
+
+
+class _ModelOnce:
+    """The model's Device and model card, written once per model version by one writer."""
+
+    def __init__(self, model_card: ModelCard | None) -> None:
+        self._model_card = model_card
+        self._models_written: set[str] = set()
+
+    def _model(self, resources: ReportResources) -> ModelResources | None:
+        """The model card and Device when this writer has not written them yet."""
+        version = resources.model_version
+        if not version or version in self._models_written:
+            return None
+        if self._model_card is None:
+            self._model_card = load_model_card()
+        return model_resources(version, self._model_card)
+
+    def _model_json(self, resources: ReportResources) -> list[dict[str, Any]]:
+        model = self._model(resources)
+        if model is None:
+            return []
+        return [resource_json(model.model_card), resource_json(model.device)]
+
+    def _model_written(self, resources: ReportResources) -> None:
+        if resources.model_version:
+            self._models_written.add(resources.model_version)
+
+
 def _ordered(resources: ReportResources) -> list[dict[str, Any]]:
-    """Observations first, then the report that references them, then its Provenance."""
+    """Observations first, then the report that references them, its Provenance, and the
+    AuditEvent of the write."""
     models = [*resources.observations, resources.diagnostic_report, resources.provenance]
+    if resources.audit_event is not None:
+        models.append(resources.audit_event)
     return [resource_json(m) for m in models]
 
 
-class NdjsonSink:
+class NdjsonSink(_ModelOnce):
     """FHIR bulk-data style ndjson files, ``<out_dir>/<ResourceType>.ndjson``.
 
     Keyed by resource id under an exclusive file lock, so several worker processes can share
@@ -96,7 +162,8 @@ class NdjsonSink:
     small and each write reads every file once, without parsing picture bytes.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, *, model_card: ModelCard | None = None) -> None:
+        super().__init__(model_card)
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -104,7 +171,7 @@ class NdjsonSink:
         with open(self.out_dir / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             by_type: dict[str, list[dict[str, Any]]] = {}
-            for res in _ordered(resources):
+            for res in [*self._model_json(resources), *_ordered(resources)]:
                 by_type.setdefault(str(res["resourceType"]), []).append(res)
             for rtype, items in by_type.items():
                 path = self.out_dir / f"{rtype}.ndjson"
@@ -129,6 +196,7 @@ class NdjsonSink:
                     with open(path, "a", encoding="utf-8") as fh:
                         fh.write("".join(v + "\n" for v in appended))
                         fh.flush()
+        self._model_written(resources)
         report_id = resources.diagnostic_report.id
         return Written(
             report_ref=f"DiagnosticReport/{report_id}",
@@ -181,7 +249,7 @@ def _lines_by_id(path: Path) -> dict[str, str]:
     return out
 
 
-class _FhirHttpWriter:
+class _FhirHttpWriter(_ModelOnce):
     """The HTTP client and error classification both FHIR writers share."""
 
     def __init__(
@@ -191,7 +259,9 @@ class _FhirHttpWriter:
         timeout_s: float,
         transport: httpx.BaseTransport | None = None,
         auth: httpx.Auth | None = None,
+        model_card: ModelCard | None = None,
     ) -> None:
+        super().__init__(model_card)
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             timeout=timeout_s,
@@ -222,6 +292,33 @@ class _FhirHttpWriter:
             )
         return resp
 
+    def _model_to_write(self, resources: ReportResources) -> ModelResources | None:
+        """The model's resources when the server lacks them: read first (once per writer),
+        as a PUT of the same content would still make a new version on most servers."""
+        model = self._model(resources)
+        if model is None:
+            return None
+        if all(self._stored(m) for m in (model.model_card, model.device)):
+            self._model_written(resources)
+            return None
+        return model
+
+    def _stored(self, resource: Any) -> bool:
+        """Whether the server holds `resource` as we would write it (any failure: no)."""
+        data = resource_json(resource)
+        url = f"{self.base_url}/{data['resourceType']}/{data['id']}"
+        try:
+            resp = self._client.get(url)
+            stored = resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, TokenError, ValueError):
+            return False
+        if not isinstance(stored, dict):
+            return False
+        profiles = (stored.get("meta") or {}).get("profile")
+        return profiles == data["meta"].get("profile") and all(
+            stored.get(k) == v for k, v in data.items() if k != "meta"
+        )
+
     def _written(self, report_id: str | None, version: str) -> Written:
         ref = f"DiagnosticReport/{report_id}" + (f"/_history/{version}" if version else "")
         return Written(report_ref=ref, location=f"{self.base_url}/DiagnosticReport/{report_id}")
@@ -235,7 +332,11 @@ class FhirServerWriter(_FhirHttpWriter):
 
     def write(self, resources: ReportResources) -> Written:
         version = ""
-        for n, res in enumerate(_ordered(resources)):
+        model = self._model_to_write(resources)
+        first = (
+            [] if model is None else [resource_json(model.model_card), resource_json(model.device)]
+        )
+        for n, res in enumerate([*first, *_ordered(resources)]):
             if n == 1:
                 failpoints.hit("during_writeback")
             resp = self._send(
@@ -246,6 +347,8 @@ class FhirServerWriter(_FhirHttpWriter):
             )
             if res["resourceType"] == "DiagnosticReport":
                 version = str((resp.json().get("meta") or {}).get("versionId") or "")
+            elif res["resourceType"] == "Device":
+                self._model_written(resources)
         return self._written(resources.diagnostic_report.id, version)
 
 
@@ -283,7 +386,7 @@ class FhirTransactionWriter(_FhirHttpWriter):
     def write(self, resources: ReportResources) -> Written:
         report_id = resources.diagnostic_report.id
         what = f"transaction for DiagnosticReport/{report_id}"
-        bundle = report_bundle(resources)
+        bundle = report_bundle(resources, model=self._model_to_write(resources))
         resp = self._send("POST", self.base_url, bundle, what=what)
         try:
             body = resp.json()
@@ -312,6 +415,7 @@ class FhirTransactionWriter(_FhirHttpWriter):
                 )
             if url.startswith("DiagnosticReport/"):
                 version = _entry_version(response, got.get("resource"))
+        self._model_written(resources)
         return self._written(report_id, version)
 
 

@@ -16,7 +16,8 @@ TOP_DRIVERS = 3
 
 
 def _edit(edit: Mapping[str, Any]) -> str:
-    return f"{edit['lead']} {edit['segment']} {float(edit['delta_mv']):+.2f} mV"
+    wave = f" ({edit['wave']} wave)" if edit.get("wave") else ""
+    return f"{edit['lead']} {edit['segment']}{wave} {float(edit['delta_mv']):+.2f} mV"
 
 
 def explanation_summary(explanation: Mapping[str, Any] | None) -> str | None:

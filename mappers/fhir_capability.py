@@ -13,9 +13,10 @@ Two ``rest`` entries, because ecgbridge plays both parts:
   (documented in ``rest.documentation``: it is no FHIR interaction a CapabilityStatement
   has a code for).
 * ``client``: what ecgbridge writes back to the EHR's FHIR server, each with
-  ``PUT [type]/[id]`` (update-as-create): the DiagnosticReport and its Observations, which
-  declare the project's profiles (``supportedProfile``), the Provenance, and the ED-alert
-  Communication.
+  ``PUT [type]/[id]`` (update-as-create): the DiagnosticReport and its Observations, their
+  Provenance and the AuditEvent of each write, the model as a Device and its model-card
+  DocumentReference (once per model version), all declaring the project's profiles
+  (``supportedProfile``), and the ED-alert Communication.
 
 ``instantiates`` is not used: it names other CapabilityStatements, not profiles. The profiles
 are in ``supportedProfile`` (and ``profile``) of the resources they constrain.
@@ -31,7 +32,15 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from mappers.fhir_json import validate_resource
-from mappers.profiles import AI_OBSERVATION_PROFILE, CANONICAL_ROOT, REPORT_PROFILE
+from mappers.profiles import (
+    AI_DEVICE_PROFILE,
+    AI_OBSERVATION_PROFILE,
+    AI_PROVENANCE_PROFILE,
+    CANONICAL_ROOT,
+    MODEL_CARD_PROFILE,
+    REPORT_AUDIT_PROFILE,
+    REPORT_PROFILE,
+)
 
 CAPABILITY_URL = f"{CANONICAL_ROOT}/CapabilityStatement/ecgbridge"
 FHIR_VERSION = "4.0.1"
@@ -120,6 +129,30 @@ def capability_statement(
             },
             {
                 "type": "Provenance",
+                "profile": AI_PROVENANCE_PROFILE,
+                "supportedProfile": [AI_PROVENANCE_PROFILE],
+                "documentation": "Author: the model's Device; entities: the ECG, the model card.",
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "AuditEvent",
+                "profile": REPORT_AUDIT_PROFILE,
+                "supportedProfile": [REPORT_AUDIT_PROFILE],
+                "documentation": "One per report write (IHE BALP RESTful create).",
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "Device",
+                "profile": AI_DEVICE_PROFILE,
+                "supportedProfile": [AI_DEVICE_PROFILE],
+                "documentation": "The AI model (AI Transparency on FHIR), once per version.",
+                "interaction": _interactions(("update", written)),
+            },
+            {
+                "type": "DocumentReference",
+                "profile": MODEL_CARD_PROFILE,
+                "supportedProfile": [MODEL_CARD_PROFILE],
+                "documentation": "The model card (MODEL_CARD.md), once per model version.",
                 "interaction": _interactions(("update", written)),
             },
             {
@@ -168,7 +201,11 @@ def _report_resource() -> dict[str, Any]:
         ),
         "interaction": _interactions(
             ("read", "404 OperationOutcome for a report ecgbridge did not write."),
-            ("search-type", "By patient only; newest first; _count up to 200, no paging."),
+            (
+                "search-type",
+                "By patient only; newest first; _count (default 50, at most 200) per page, "
+                "a next link (_offset) while there are more.",
+            ),
         ),
         "searchParam": [
             {

@@ -70,11 +70,13 @@ def fairness_extension(fairness: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _edit(edit: Mapping[str, Any]) -> dict[str, Any]:
+    wave = [_sub("wave", valueCode=str(edit["wave"]))] if edit.get("wave") else []
     return _sub(
         "edit",
         extension=[
             _sub("lead", valueString=str(edit["lead"])),
             _sub("segment", valueCode=str(edit["segment"])),
+            *wave,
             _sub(
                 "delta",
                 valueQuantity={

@@ -26,8 +26,15 @@ Choices (decision support, not a diagnosis):
   ``ensemble-range`` (valueRange: lowest and highest member probability, %); when the members
   disagree about the call a note says so and the conclusion flags it.
 * Every AI-made resource carries the security label v3-ObservationValue ``AIAST``
-  (HL7 AI Transparency on FHIR). Provenance targets the report and the observations, with
-  agent type ``author``, who = the model (identifier ``urn:ecgbridge:model|<version>``).
+  (HL7 AI Transparency on FHIR). Provenance (profile ``ecgbridge-ai-provenance``) targets the
+  report and the observations, with agent type ``author``, who = Reference(Device) of the model
+  (`mappers.fhir_device`: deterministic id from the model version, with its identifier
+  ``urn:ecgbridge:model|<version>``), entities the source ECG (``source``) and the model card
+  (``derivation``, as the AI Transparency IG does in R4). Observation.device references the
+  same Device.
+* An AuditEvent of the write (`mappers.fhir_report_audit`, IHE BALP) travels with the report.
+  The Device and model card themselves are written once per model by the writers
+  (`report_bundle(..., model=...)`, `integration.writeback`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
@@ -52,21 +60,23 @@ from inference.result import (
     TerritoryFinding,
 )
 from mappers.explanation_text import explanation_summary, fairness_summary
+from mappers.fhir_device import AIAST as AIAST
+from mappers.fhir_device import MODEL_SYSTEM as MODEL_SYSTEM
+from mappers.fhir_device import (
+    ModelResources,
+    model_card_id,
+    model_reference,
+)
 from mappers.fhir_extensions import explanation_extension, fairness_extension
 from mappers.fhir_json import LOINC, SNOMED, UCUM, resource_json, validate_resource
 from mappers.fhir_measurements import measurement_observations
-from mappers.profiles import AI_OBSERVATION_PROFILE, REPORT_PROFILE
+from mappers.fhir_report_audit import report_audit_event
+from mappers.profiles import AI_OBSERVATION_PROFILE, AI_PROVENANCE_PROFILE, REPORT_PROFILE
 
 REPORT_SYSTEM = "urn:ecgbridge:report"
-MODEL_SYSTEM = "urn:ecgbridge:model"
 OBSERVATION_SYSTEM = "urn:ecgbridge:observation"
 DISCLAIMER = "Not a diagnosis."
 
-AIAST = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "AIAST",
-    "display": "Artificial Intelligence asserted",
-}
 _INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 #: SCP rhythm code -> SNOMED CT (the PhysioNet/CinC 2020-2021 ECG mapping).
@@ -95,6 +105,10 @@ class ReportResources:
     #: not written, never serialised.
     result: AnalysisResult | None = None
     record: EcgRecord | None = None
+    #: The AuditEvent of this write (IHE BALP), written with the report by the FHIR writers.
+    audit_event: AuditEvent | None = None
+    #: The model that made them (its Device and model card are written once per model).
+    model_version: str = ""
 
 
 def _instant(when: datetime) -> str:
@@ -322,6 +336,8 @@ def build_report(
     add their Observations (`mappers.fhir_measurements`).
     """
     model_name = f"ecgbridge model {result.model_version}"
+    model = model_reference(result.model_version)
+    device = {"reference": model["reference"], "display": model_name}
     common: dict[str, Any] = {"issued": _instant(issued)}
     subject = _subject(record)
     if subject:
@@ -339,7 +355,7 @@ def build_report(
                 probability=result.triage.probability,
                 threshold=result.triage.threshold,
                 common=common,
-                extra={"device": {"display": model_name}}
+                extra={"device": device}
                 | _uncertainty(
                     result.triage.uncertainty, result.triage.interval, result.triage.threshold
                 ),
@@ -356,7 +372,7 @@ def build_report(
                     common=common,
                     extra={
                         "bodySite": {"text": _VESSEL_NAMES.get(t.vessel, t.vessel)},
-                        "device": {"display": model_name},
+                        "device": device,
                     }
                     | _uncertainty(t.uncertainty, t.interval, t.threshold),
                 )
@@ -371,7 +387,7 @@ def build_report(
                     probability=isc.probability,
                     threshold=isc.threshold,
                     common=common,
-                    extra={"device": {"display": model_name}}
+                    extra={"device": device}
                     | _uncertainty(isc.uncertainty, isc.interval, isc.threshold),
                 )
             )
@@ -381,7 +397,7 @@ def build_report(
                     f"{report_id}-rhythm",
                     result.rhythms,
                     result.rhythm,
-                    common | {"device": {"display": model_name}},
+                    common | {"device": device},
                 )
             )
         if result.stenosis is not None:
@@ -389,7 +405,7 @@ def build_report(
                 _stenosis_observation(
                     f"{report_id}-stenosis",
                     result.stenosis,
-                    common | {"device": {"display": model_name}},
+                    common | {"device": device},
                 )
             )
     if result.measurements is not None:
@@ -454,6 +470,7 @@ def build_report(
     provenance: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": f"{report_id}-provenance",
+        "meta": {"profile": [AI_PROVENANCE_PROFILE]},
         "target": [{"reference": f"DiagnosticReport/{report_id}"}, *obs_refs],
         "recorded": _instant(issued),
         "activity": {
@@ -477,13 +494,19 @@ def build_report(
                         }
                     ]
                 },
-                "who": {
-                    "identifier": {"system": MODEL_SYSTEM, "value": result.model_version},
-                    "display": model_name,
-                },
+                "who": model,
             }
         ],
-        "entity": [{"role": "source", "what": source}],
+        "entity": [
+            {"role": "source", "what": source},
+            {
+                "role": "derivation",
+                "what": {
+                    "reference": f"DocumentReference/{model_card_id(result.model_version)}",
+                    "display": "model card",
+                },
+            },
+        ],
     }
     if result.analysed_at is not None:
         provenance["occurredDateTime"] = _instant(result.analysed_at)
@@ -496,17 +519,38 @@ def build_report(
         provenance=validate_resource(Provenance, provenance, path="Provenance"),
         result=result,
         record=record,
+        audit_event=report_audit_event(
+            report_id=report_id,
+            status=str(report["status"]),
+            model_version=result.model_version,
+            recorded=_instant(issued),
+            subject=subject,
+        ),
+        model_version=result.model_version,
     )
 
 
 def report_bundle(
-    resources: ReportResources, *, bundle_type: str = "transaction"
+    resources: ReportResources,
+    *,
+    bundle_type: str = "transaction",
+    model: ModelResources | None = None,
 ) -> dict[str, Any]:
     """The report resources as one Bundle JSON; in a transaction each entry is an idempotent
-    ``PUT <type>/<id>`` so a retried write-back does not duplicate."""
+    ``PUT <type>/<id>`` so a retried write-back does not duplicate. Order: the `model`'s
+    model card and Device (when given), the report, its Observations, the AuditEvent, the
+    Provenance."""
     entries = []
-    for model in (resources.diagnostic_report, *resources.observations, resources.provenance):
-        data = resource_json(model)
+    first = () if model is None else (model.model_card, model.device)
+    audit = () if resources.audit_event is None else (resources.audit_event,)
+    for res in (
+        *first,
+        resources.diagnostic_report,
+        *resources.observations,
+        *audit,
+        resources.provenance,
+    ):
+        data = resource_json(res)
         entry: dict[str, Any] = {"resource": data}
         if bundle_type in ("transaction", "batch"):
             entry["request"] = {"method": "PUT", "url": f"{data['resourceType']}/{data['id']}"}

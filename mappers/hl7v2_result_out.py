@@ -197,6 +197,7 @@ def _explanation_json(ext: Mapping[str, Any]) -> dict[str, Any]:
                     "lead": one(e, "lead"),
                     "segment": one(e, "segment"),
                     "delta_mv": one(e, "delta")["value"],
+                    **({"wave": one(e, "wave")} if one(e, "wave") else {}),
                 }
                 for e in sub_values({"extension": cf}, "edit")
             ],

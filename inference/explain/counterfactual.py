@@ -133,7 +133,7 @@ class Edit:
     """One edit: `delta_mv` is the change of the ST level at J+60 ms (segment ``ST``), of
     the T-wave peak (``T``), or of the median beat's Q trough / R peak (``QRS``, `wave`
     ``Q`` / ``R``). `bound_mv` is the plausibility bound it was searched within (Python
-    side only; the JSON carries lead, segment and delta_mv)."""
+    side only; the JSON carries lead, segment, delta_mv and, for a QRS edit, its wave)."""
 
     lead: str
     segment: str
@@ -142,7 +142,14 @@ class Edit:
     bound_mv: float = 0.0
 
     def to_json(self) -> dict[str, str | float]:
-        return {"lead": self.lead, "segment": self.segment, "delta_mv": self.delta_mv}
+        out: dict[str, str | float] = {
+            "lead": self.lead,
+            "segment": self.segment,
+            "delta_mv": self.delta_mv,
+        }
+        if self.segment == "QRS" and self.wave in ("Q", "R"):
+            out["wave"] = self.wave
+        return out
 
 
 def edit_bounds(q_mv: npt.ArrayLike, r_mv: npt.ArrayLike) -> npt.NDArray[np.float64]:

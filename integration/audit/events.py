@@ -29,6 +29,8 @@ class EventKind(StrEnum):
     CDS_FEEDBACK = "cds.feedback"
     AUTH_FAILURE = "auth.failure"
     CONFIG_CHANGED = "config.changed"
+    #: A start whose effective settings match the last recorded ones (fingerprint only).
+    CONFIG_LOADED = "config.loaded"
     AUDIT_EXPORTED = "audit.exported"
     AUDIT_ARCHIVED = "audit.archived"
     AUDIT_VIEWED = "audit.viewed"
@@ -36,6 +38,10 @@ class EventKind(StrEnum):
     FAIRNESS_DRIFT = "fairness.drift"
     #: A written DiagnosticReport was read or searched through ``GET /fhir/DiagnosticReport``.
     REPORT_READ = "report.read"
+    #: An HL7 v2 enhanced-mode application ACK sent to the sender (integration.app_ack).
+    APP_ACK_SENT = "ack.application.sent"
+    #: One the sender asked for, not sent: no endpoint configured for that sender.
+    APP_ACK_SKIPPED = "ack.application.skipped"
 
 
 class Outcome(StrEnum):

@@ -42,11 +42,14 @@ _TYPES: dict[EventKind, tuple[str, str, str]] = {
     EventKind.CDS_FEEDBACK: ("110110", "Patient Record", "E"),
     EventKind.AUTH_FAILURE: ("110114", "User Authentication", "E"),
     EventKind.CONFIG_CHANGED: ("110113", "Security Alert", "U"),
+    EventKind.CONFIG_LOADED: ("110100", "Application Activity", "E"),
     EventKind.AUDIT_EXPORTED: ("110106", "Export", "R"),
     EventKind.AUDIT_ARCHIVED: ("110106", "Export", "E"),
     EventKind.AUDIT_VIEWED: ("110112", "Query", "E"),
     EventKind.FAIRNESS_DRIFT: ("110100", "Application Activity", "E"),
     EventKind.REPORT_READ: ("110110", "Patient Record", "R"),
+    EventKind.APP_ACK_SENT: ("110110", "Patient Record", "E"),
+    EventKind.APP_ACK_SKIPPED: ("110110", "Patient Record", "E"),
 }
 
 

@@ -3,8 +3,11 @@
 ``append`` writes an entry (PHI encrypted, HMAC search key, chained, Merkle leaf) and every
 ``head_interval`` entries, or when the last head is older than ``head_max_age_s``, a signed
 tree head in the same transaction. Several processes may append to one database: each
-keeps the Merkle frontier in memory and catches up from the stored leaf hashes when another
-process appended first.
+keeps the chain state (next index, last leaf hash, Merkle frontier) in memory and writes
+without reading first; the primary key on the index makes the insert fail when another
+process took that index, and the writer then catches up from the stored leaf hashes and
+retries. The chain never forks: an entry is only ever written at the index right after the
+leaf it chains to.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.engine import Connection
 
 from integration.audit import merkle
 from integration.audit.codec import ZERO_HASH, EntryRow, decode, decrypt_patient, encode
@@ -25,6 +29,7 @@ from integration.audit.events import AuditEvent, PatientRef, StoredEvent
 from integration.audit.signing import HeadSigner, HeadVerifier, TreeHead, public_key_from_raw
 from integration.audit.store import AuditStore, MemoryStore, SearchQuery, SqlStore
 from integration.audit.verify import VerifyReport, verify_log
+from integration.inbox import TransactionHook
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,9 @@ class AuditLog:
         self._frontier = merkle.Frontier()
         self._last_leaf = ZERO_HASH
         self._last_head_ms: int | None = None
+        self._synced = False
+        #: Appends that found their index taken (by another writer) and retried.
+        self.conflicts = 0
 
     @classmethod
     def in_memory(
@@ -159,35 +167,94 @@ class AuditLog:
     # -- writing -------------------------------------------------------------------------
 
     def _catch_up(self) -> None:
+        """Read what other writers appended since our frontier."""
         if self._last_head_ms is None:
             heads = self.store.heads()
             self._last_head_ms = heads[-1].timestamp_ms if heads else 0
         for lh in self.store.leaf_hashes(self._frontier.size):
             self._frontier.append(lh)
             self._last_leaf = lh
+        self._synced = True
+
+    def _next(self, event: AuditEvent) -> tuple[EntryRow, merkle.Frontier, TreeHead | None]:
+        """The entry for ``event`` at the next index, the frontier with it, and a signed
+        head when one is due."""
+        row = encode(self._frontier.size, self._last_leaf, event, self.cipher)
+        frontier = self._frontier.copy()
+        frontier.append(row.leaf_hash)
+        now_ms = int(self._clock().timestamp() * 1000)
+        head = None
+        if frontier.size % self._interval == 0 or (
+            now_ms - (self._last_head_ms or 0) >= self._max_age_ms
+        ):
+            head = self.signer.sign(frontier.size, frontier.root(), now_ms)
+        return row, frontier, head
+
+    def _advance(self, row: EntryRow, frontier: merkle.Frontier, head: TreeHead | None) -> None:
+        self._frontier, self._last_leaf = frontier, row.leaf_hash
+        if head is not None:
+            self._last_head_ms = head.timestamp_ms
 
     def append(self, event: AuditEvent) -> int:
         """Append one event; returns its index. Raises `AuditStoreError` when the store
-        cannot commit (the caller must not report the audited action as done)."""
+        cannot commit (the caller must not report the audited action as done).
+
+        One insert per entry in the common case: the chain state is read from the store
+        only on the first append and after another writer took the index."""
         with self._lock:
-            for _ in range(_MAX_RETRIES):
+            if not self._synced:
                 self._catch_up()
-                index = self._frontier.size
-                row = encode(index, self._last_leaf, event, self.cipher)
-                frontier = self._frontier.copy()
-                frontier.append(row.leaf_hash)
-                now_ms = int(self._clock().timestamp() * 1000)
-                head = None
-                if frontier.size % self._interval == 0 or (
-                    now_ms - (self._last_head_ms or 0) >= self._max_age_ms
-                ):
-                    head = self.signer.sign(frontier.size, frontier.root(), now_ms)
+            for _ in range(_MAX_RETRIES):
+                row, frontier, head = self._next(event)
                 if self.store.insert(row, head):
-                    self._frontier, self._last_leaf = frontier, row.leaf_hash
-                    if head is not None:
-                        self._last_head_ms = now_ms
-                    return index
+                    self._advance(row, frontier, head)
+                    return row.index
+                # Taken: another writer appended first. Catch up and retry.
+                self.conflicts += 1
+                self._catch_up()
             raise AuditStoreError("audit append lost the race for an index too many times")
+
+    def in_transaction(self, event_for: Callable[[str], AuditEvent]) -> TransactionHook:
+        """A hook for `Inbox.accept` (same database): the entry ``event_for(item_id)`` is
+        written inside the inbox's transaction, so the item and its audit entry commit
+        together, with one commit (one WAL flush) instead of two, or not at all.
+
+        The log's lock is held from the insert until the transaction ends (no other
+        append of this process may chain onto an entry that could still roll back); the
+        chain state advances only when it committed. Raises `AuditStoreError` (which rolls
+        the item back) when the entry cannot be written."""
+        store = self.store
+        if not isinstance(store, SqlStore):
+            raise TypeError("in-transaction appends need the SQL store")
+
+        def hook(conn: Connection, item_id: str) -> Callable[[bool], None]:
+            event = event_for(item_id)
+            self._lock.acquire()
+            try:
+                if not self._synced:
+                    self._catch_up()
+                for _ in range(_MAX_RETRIES):
+                    row, frontier, head = self._next(event)
+                    if store.insert_in(conn, row, head):
+                        break
+                    self.conflicts += 1
+                    self._catch_up()
+                else:
+                    raise AuditStoreError("audit append lost the race for an index too often")
+            except BaseException:
+                self._lock.release()
+                raise
+
+            def finish(committed: bool) -> None:
+                try:
+                    if committed:
+                        self._advance(row, frontier, head)
+                finally:
+                    self._lock.release()
+
+            return finish
+
+        return hook
 
     def sign_head(self) -> TreeHead | None:
         """Sign a tree head over the whole log now (None when the log is empty)."""

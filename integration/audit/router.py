@@ -23,8 +23,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from integration.audit.events import AuditEvent, EventKind
 from integration.audit.export import describe, to_fhir
 from integration.audit.log import AuditLog
+from integration.audit.picture import EcgImage, inbox_picture
 from integration.audit.review import ReviewPages
-from integration.audit.store import SearchQuery
+from integration.audit.store import SearchQuery, SqlStore
 
 FHIR_JSON = "application/fhir+json"
 COOKIE = "ecgbridge_reviewer"
@@ -38,7 +39,6 @@ class Reviewer:
 
 
 ReviewerDependency = Callable[..., Reviewer]
-EcgImage = Callable[[str], tuple[bytes, str] | None]
 
 
 def bearer_reviewers(tokens: Mapping[str, str]) -> ReviewerDependency:
@@ -80,7 +80,13 @@ def make_audit_router(
 ) -> APIRouter:
     """The audit routes. ``reviewer`` is a FastAPI dependency returning the `Reviewer`
     (raise 401/403 inside it); the role ``audit-reviewer`` is required. ``ecg_image``
-    renders an ECG by id for the report view (None: no picture)."""
+    renders an ECG by id for the report view; by default the inbox in the audit log's own
+    database (``ECGBRIDGE_DATABASE_URL`` holds both) is drawn (`inbox_picture`)."""
+    store = getattr(audit, "store", None)  # twins in other tests may have none
+    if ecg_image is None and isinstance(store, SqlStore):
+        from integration.inbox import Inbox
+
+        ecg_image = inbox_picture(Inbox(store.engine, cipher=audit.cipher))
     router = APIRouter(prefix="/audit")
     pages = ReviewPages(audit)
 
@@ -211,9 +217,12 @@ def make_audit_router(
     @router.get("/review/ecg/{ecg_id}/image")
     def ecg_picture(who: Who, ecg_id: str) -> Response:
         found = ecg_image(ecg_id) if ecg_image is not None else None
+        note(who, EventKind.AUDIT_VIEWED, page="ecg-image", ecg_id=ecg_id, found=found is not None)
         if found is None:
-            raise HTTPException(404, "no rendered ECG")
+            raise HTTPException(404, "no rendered ECG for this id")
         content, media_type = found
-        return Response(content, media_type=media_type)
+        return Response(
+            content, media_type=media_type, headers={"Cache-Control": "private, no-store"}
+        )
 
     return router

@@ -5,11 +5,18 @@ DELETE statement, and `create_schema` installs triggers that make the engine ref
 (and TRUNCATE on PostgreSQL). `MemoryStore` is the in-memory twin for unit tests. Writers
 in several processes coordinate through the primary key: an insert at an index already
 taken fails, and the writer catches up and retries.
+
+Appends go through one connection the store keeps open (no pool checkout or pre-ping per
+entry). On PostgreSQL that connection is in autocommit mode and an append is one
+statement (the entry, and a signed head when one is due, in one ``INSERT`` with a
+data-modifying CTE): one round trip and one WAL flush per entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,13 +32,16 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     create_engine,
     event,
     select,
     text,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from integration.audit.codec import EntryRow
 from integration.audit.errors import AuditStoreError
@@ -168,6 +178,28 @@ heads_table = Table(
     Column("signature", LargeBinary, nullable=False),
 )
 
+# Statements built once and executed with parameters (building one per append, with the
+# values inlined, costs about 0.2 ms each time).
+_ENTRY_INSERT = entries_table.insert()
+_HEAD_INSERT = heads_table.insert()
+_PG_ENTRY_AND_HEAD_INSERT = _ENTRY_INSERT.values(
+    {c.name: bindparam(c.name, type_=c.type) for c in entries_table.columns}
+).add_cte(
+    heads_table.insert()
+    .values({c.name: bindparam(f"h_{c.name}", type_=c.type) for c in heads_table.columns})
+    .cte("h")
+)
+_PG_INSERT_UNLESS_TAKEN = (
+    pg_insert(entries_table)
+    .on_conflict_do_nothing(index_elements=[entries_table.c.idx])
+    .returning(entries_table.c.idx)
+)
+_SQLITE_INSERT_UNLESS_TAKEN = (
+    sqlite_insert(entries_table)
+    .on_conflict_do_nothing(index_elements=[entries_table.c.idx])
+    .returning(entries_table.c.idx)
+)
+
 _TABLES = ("audit_entries", "audit_tree_heads")
 
 _SQLITE_TRIGGERS = [
@@ -247,6 +279,8 @@ class SqlStore:
         # off: commit returns before the WAL flush (at most ~3 x wal_writer_delay of
         # entries can be lost in a server crash; never corrupted or reordered)
         self._async_commit = self._pg and not pg_synchronous_commit
+        self._writer_lock = threading.Lock()
+        self._writer: Connection | None = None
 
     @classmethod
     def from_url(
@@ -305,29 +339,81 @@ class SqlStore:
         with self._engine.connect() as conn:
             return [bytes(h) for (h,) in conn.execute(stmt)]
 
-    def insert(self, row: EntryRow, head: TreeHead | None) -> bool:
-        values = {
-            "idx": row.index,
-            "recorded_ms": row.recorded_ms,
-            "kind": row.kind,
-            "outcome": row.outcome,
-            "patient_key": row.patient_key,
-            "ecg_id": row.ecg_id,
-            "model_version": row.model_version,
-            "finding": row.finding,
-            "override": row.override,
-            "leaf_hash": row.leaf_hash,
-            "entry": row.entry,
-        }
-        try:
-            with self._engine.begin() as conn:
+    def _writer_conn(self) -> Connection:
+        """The held append connection (opened on first use and after a failure)."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._engine.connect()
+            if self._pg:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 if self._async_commit:
-                    conn.execute(text("SET LOCAL synchronous_commit = off"))
-                conn.execute(entries_table.insert().values(**values))
-                if head is not None:
-                    conn.execute(heads_table.insert().values(**_head_values(head)))
-        except IntegrityError:
-            return False
+                    conn.execute(text("SET synchronous_commit = off"))
+            self._writer = conn
+        return conn
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError):  # already gone
+                conn.invalidate()
+
+    def _insert_once(self, row: EntryRow, head: TreeHead | None) -> None:
+        conn = self._writer_conn()
+        values = entry_values(row)
+        if self._pg:  # one statement, atomic: autocommit makes it its own transaction
+            if head is None:
+                conn.execute(_ENTRY_INSERT, values)
+            else:
+                heads = {f"h_{k}": v for k, v in _head_values(head).items()}
+                conn.execute(_PG_ENTRY_AND_HEAD_INSERT, values | heads)
+            return
+        with conn.begin():
+            conn.execute(_ENTRY_INSERT, values)
+            if head is not None:
+                conn.execute(_HEAD_INSERT, _head_values(head))
+
+    def insert(self, row: EntryRow, head: TreeHead | None) -> bool:
+        """Insert entry ``row`` (and ``head``) atomically. False when the index (or the
+        head's size) is taken: another writer appended first. A connection lost before
+        or during the statement is replaced and the statement sent once more; if the
+        first one had in fact committed, the second fails as taken, and the caller sees
+        its own row at that index (`AuditLog` checks the leaf hash)."""
+        with self._writer_lock:
+            for attempt in (1, 2):
+                try:
+                    self._insert_once(row, head)
+                except IntegrityError:
+                    return False
+                except DBAPIError as exc:
+                    self._drop_writer()
+                    if attempt == 1 and exc.connection_invalidated:
+                        log.warning("audit append connection lost; reconnecting")
+                        continue
+                    raise AuditStoreError(f"audit append failed: {exc.__class__.__name__}") from exc
+                except SQLAlchemyError as exc:
+                    self._drop_writer()
+                    raise AuditStoreError(f"audit append failed: {exc.__class__.__name__}") from exc
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def insert_in(self, conn: Connection, row: EntryRow, head: TreeHead | None) -> bool:
+        """Insert entry ``row`` (and ``head``) inside the caller's open transaction on
+        ``conn`` (a connection to this same database): they commit or roll back with it.
+        False when the index is taken; ``ON CONFLICT DO NOTHING`` keeps the caller's
+        transaction usable, so the caller catches up and tries the next index in it."""
+        if conn.dialect.name != self._engine.dialect.name:
+            raise AuditStoreError(
+                f"the audit log is on {self._engine.dialect.name}, the transaction on "
+                f"{conn.dialect.name}: one commit needs one database"
+            )
+        stmt = _PG_INSERT_UNLESS_TAKEN if self._pg else _SQLITE_INSERT_UNLESS_TAKEN
+        try:
+            if conn.execute(stmt, entry_values(row)).first() is None:
+                return False
+            if head is not None:
+                conn.execute(_HEAD_INSERT, _head_values(head))
         except SQLAlchemyError as exc:
             raise AuditStoreError(f"audit append failed: {exc.__class__.__name__}") from exc
         return True
@@ -401,7 +487,28 @@ class SqlStore:
             return [_row(r._mapping) for r in conn.execute(stmt)]
 
     def dispose(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self._engine.dispose()
+
+
+def entry_values(row: EntryRow) -> dict[str, Any]:
+    """The column values of an entry row."""
+    return {
+        "idx": row.index,
+        "recorded_ms": row.recorded_ms,
+        "kind": row.kind,
+        "outcome": row.outcome,
+        "patient_key": row.patient_key,
+        "ecg_id": row.ecg_id,
+        "model_version": row.model_version,
+        "finding": row.finding,
+        "override": row.override,
+        "leaf_hash": row.leaf_hash,
+        "entry": row.entry,
+    }
 
 
 def _head_values(head: TreeHead) -> dict[str, Any]:

@@ -31,17 +31,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from mappers.fhir_device import (
+    AI_DEVICE_TYPE,
+    AI_INPUTS_SYSTEM,
+    MANUFACTURER,
+    MODEL_CARD_EXTENSION,
+    MODEL_SYSTEM,
+)
 from mappers.fhir_extensions import (
     EXPLANATION_URL,
     FAIRNESS_URL,
     SEGMENT_CODES,
 )
 from mappers.fhir_json import LOINC, UCUM
+from mappers.fhir_report_audit import AUDIT_EVENT_TYPE, RESTFUL_INTERACTION
 from mappers.profiles import (
+    AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
+    AI_PROVENANCE_PROFILE,
     CANONICAL_ROOT,
+    MODEL_CARD_PROFILE,
     PROFILES_DIR,
     PROFILES_VERSION,
+    REPORT_AUDIT_PROFILE,
     REPORT_PROFILE,
 )
 
@@ -120,7 +132,17 @@ SEGMENT = CodeSet(
     description="The part of an ECG beat an attribution or a counterfactual edit refers to.",
     concepts=tuple((c, *_SEGMENT_TEXT[c]) for c in SEGMENT_CODES),
 )
-CODE_SETS: Final[tuple[CodeSet, ...]] = (VERDICT, SEGMENT)
+QRS_WAVE = CodeSet(
+    id="ecg-qrs-wave",
+    name="EcgQrsWave",
+    title="QRS wave of a counterfactual edit",
+    description="Which wave of the QRS complex a counterfactual QRS edit changes.",
+    concepts=(
+        ("Q", "Q wave", "The initial negative deflection (Q wave or QS complex): its depth."),
+        ("R", "R wave", "The first positive deflection: its height."),
+    ),
+)
+CODE_SETS: Final[tuple[CodeSet, ...]] = (VERDICT, SEGMENT, QRS_WAVE)
 
 # ------------------------------------------------------------------------ extension shapes
 
@@ -241,6 +263,13 @@ EXPLANATION = ExtensionSpec(
                     children=(
                         Sub("lead", "ECG lead (e.g. V3)", value_type="string"),
                         _SEGMENT_SUB,
+                        Sub(
+                            "wave",
+                            "Q | R: the wave a QRS edit changes",
+                            min=0,
+                            value_type="code",
+                            codes=QRS_WAVE,
+                        ),
                         Sub(
                             "delta", "Change of the segment level", value_type="Quantity", unit="mV"
                         ),
@@ -773,6 +802,258 @@ def observation_differential() -> list[JSON]:
     ]
 
 
+def device_differential() -> list[JSON]:
+    """The model as a Device (AI Transparency on FHIR): named, versioned, made by ecgbridge,
+    typed as AI, labelled AIAST, no UDI, linked to its model card."""
+    root = "Device"
+    card = f"extension.where(url = '{MODEL_CARD_EXTENSION}')"
+    return [
+        {
+            "id": root,
+            "path": root,
+            "short": "The ecgbridge AI model (one Device per model version)",
+            "definition": "The AI model that made ecgbridge's reports, as a Device.",
+            "constraint": [
+                _invariant(
+                    "ecgd-model-card",
+                    "The model card is linked once, by the AI Transparency modelCardDescription "
+                    "extension referencing a DocumentReference",
+                    f"{card}.count() = 1 and {card}.all(value.ofType(Reference).reference"
+                    ".startsWith('DocumentReference/'))",
+                    AI_DEVICE_PROFILE,
+                ),
+                _invariant(
+                    "ecgd-name",
+                    "The model has a deviceName of type model-name",
+                    "deviceName.where(type = 'model-name' and name.exists()).exists()",
+                    AI_DEVICE_PROFILE,
+                ),
+                _invariant(
+                    "ecgd-version",
+                    "The model version is given",
+                    "version.where(value.exists()).exists()",
+                    AI_DEVICE_PROFILE,
+                ),
+                _invariant(
+                    "ecgd-manufacturer",
+                    f"The manufacturer is {MANUFACTURER}",
+                    f"manufacturer = '{MANUFACTURER}'",
+                    AI_DEVICE_PROFILE,
+                ),
+                _invariant(
+                    "ecgd-identifier",
+                    f"The model is identified as {MODEL_SYSTEM}|<version>",
+                    f"identifier.where(system = '{MODEL_SYSTEM}' and value.exists()).exists()",
+                    AI_DEVICE_PROFILE,
+                ),
+            ],
+        },
+        *_security_slice(root),
+        {"id": f"{root}.identifier", "path": f"{root}.identifier", "min": 1},
+        {
+            "id": f"{root}.udiCarrier",
+            "path": f"{root}.udiCarrier",
+            "short": "None: the model is software without a UDI",
+            "max": "0",
+        },
+        {"id": f"{root}.manufacturer", "path": f"{root}.manufacturer", "min": 1},
+        {"id": f"{root}.deviceName", "path": f"{root}.deviceName", "min": 1},
+        {
+            "id": f"{root}.type",
+            "path": f"{root}.type",
+            "short": "AIdeviceTypeCS Artificial-Intelligence",
+            "min": 1,
+            "patternCodeableConcept": {
+                "coding": [{"system": AI_DEVICE_TYPE["system"], "code": AI_DEVICE_TYPE["code"]}]
+            },
+        },
+        {"id": f"{root}.version", "path": f"{root}.version", "min": 1},
+    ]
+
+
+def model_card_differential() -> list[JSON]:
+    """The model card as a DocumentReference (AI Transparency on FHIR AI-ModelCard ideas)."""
+    root = "DocumentReference"
+    return [
+        {
+            "id": root,
+            "path": root,
+            "short": "The model card of an ecgbridge model (markdown)",
+            "definition": "MODEL_CARD.md of the model version its Device names.",
+            "constraint": [
+                _invariant(
+                    "ecgmc-attachment",
+                    "The card is text/markdown, inline (data, with its hash) or by url",
+                    "content.attachment.all(contentType = 'text/markdown' and "
+                    "(data.exists() or url.exists()) and (data.empty() or hash.exists()))",
+                    MODEL_CARD_PROFILE,
+                ),
+                _invariant(
+                    "ecgmc-format",
+                    "The category says the card is in markdown (AIModelCardMarkdownFormat)",
+                    f"category.coding.where(system = '{AI_INPUTS_SYSTEM}' and "
+                    "code = 'AIModelCardMarkdownFormat').exists()",
+                    MODEL_CARD_PROFILE,
+                ),
+            ],
+        },
+        {"id": f"{root}.status", "path": f"{root}.status", "patternCode": "current"},
+        {
+            "id": f"{root}.type",
+            "path": f"{root}.type",
+            "short": "AIinputsCS AIModelCard",
+            "min": 1,
+            "patternCodeableConcept": {
+                "coding": [{"system": AI_INPUTS_SYSTEM, "code": "AIModelCard"}]
+            },
+        },
+        {"id": f"{root}.category", "path": f"{root}.category", "min": 1},
+    ]
+
+
+def provenance_differential() -> list[JSON]:
+    """The Provenance of a report: authored by the model's Device, from the source ECG."""
+    root = "Provenance"
+    participant = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+    return [
+        {
+            "id": root,
+            "path": root,
+            "short": "Provenance of an AI ECG report and its observations",
+            "definition": "Which model (a Device) made the report, from which ECG.",
+            "constraint": [
+                _invariant(
+                    "ecgp-device-author",
+                    "An author agent is the model, as a reference to its Device",
+                    f"agent.where(type.coding.where(system = '{participant}' and "
+                    "code = 'author').exists() and who.reference.startsWith('Device/')).exists()",
+                    AI_PROVENANCE_PROFILE,
+                ),
+                _invariant(
+                    "ecgp-report",
+                    "Exactly one target is a DiagnosticReport",
+                    "target.where(reference.startsWith('DiagnosticReport/')).count() = 1",
+                    AI_PROVENANCE_PROFILE,
+                ),
+                _invariant(
+                    "ecgp-model-card",
+                    "The model card is a derivation entity (a DocumentReference)",
+                    "entity.where(role = 'derivation' and "
+                    "what.reference.startsWith('DocumentReference/')).exists()",
+                    AI_PROVENANCE_PROFILE,
+                ),
+            ],
+        },
+        {"id": f"{root}.entity", "path": f"{root}.entity", "min": 1},
+    ]
+
+
+def audit_differential() -> list[JSON]:
+    """The AuditEvent of a report write (IHE BALP RESTful create)."""
+    root = "AuditEvent"
+    return [
+        {
+            "id": root,
+            "path": root,
+            "short": "The write of an AI ECG report (IHE BALP RESTful activity)",
+            "definition": "Who (the model's Device) wrote which report about which patient.",
+            "constraint": [
+                _invariant(
+                    "ecga-subtype",
+                    "The subtype is the FHIR interaction: create or update",
+                    f"subtype.where(system = '{RESTFUL_INTERACTION}' and "
+                    "(code = 'create' or code = 'update')).exists()",
+                    REPORT_AUDIT_PROFILE,
+                ),
+                _invariant(
+                    "ecga-agent",
+                    "The requestor agent is the model, as a reference to its Device",
+                    "agent.where(requestor = true and who.reference.startsWith('Device/'))"
+                    ".exists()",
+                    REPORT_AUDIT_PROFILE,
+                ),
+                _invariant(
+                    "ecga-report",
+                    "Exactly one entity is the DiagnosticReport written",
+                    "entity.where(what.reference.startsWith('DiagnosticReport/')).count() = 1",
+                    REPORT_AUDIT_PROFILE,
+                ),
+            ],
+        },
+        {
+            "id": f"{root}.type",
+            "path": f"{root}.type",
+            "short": "audit-event-type rest",
+            "patternCoding": {"system": AUDIT_EVENT_TYPE, "code": "rest"},
+        },
+        {"id": f"{root}.subtype", "path": f"{root}.subtype", "min": 1},
+        {"id": f"{root}.outcome", "path": f"{root}.outcome", "min": 1},
+        {"id": f"{root}.entity", "path": f"{root}.entity", "min": 1},
+    ]
+
+
+#: (id, url, name, title, description, resource type, differential) of the other profiles.
+RESOURCE_PROFILES: Final[tuple[tuple[str, str, str, str, str, str, Any], ...]] = (
+    (
+        "ecgbridge-ai-device",
+        AI_DEVICE_PROFILE,
+        "EcgbridgeAiDevice",
+        "ecgbridge AI model (Device)",
+        "The AI model as a Device (HL7 AI Transparency on FHIR): model name, version, "
+        "manufacturer ecgbridge, type Artificial-Intelligence, labelled AIAST, no UDI, and the "
+        "model card linked by the modelCardDescription extension.",
+        "Device",
+        device_differential,
+    ),
+    (
+        "ecgbridge-model-card",
+        MODEL_CARD_PROFILE,
+        "EcgbridgeModelCard",
+        "ecgbridge model card (DocumentReference)",
+        "The model card (MODEL_CARD.md) of an ecgbridge model version: type AIModelCard, "
+        "markdown, inline with its hash or by url.",
+        "DocumentReference",
+        model_card_differential,
+    ),
+    (
+        "ecgbridge-ai-provenance",
+        AI_PROVENANCE_PROFILE,
+        "EcgbridgeAiProvenance",
+        "ecgbridge AI provenance",
+        "The Provenance of an AI ECG report and its observations: authored by the model's "
+        "Device, derived from the source ECG and the model card.",
+        "Provenance",
+        provenance_differential,
+    ),
+    (
+        "ecgbridge-report-audit",
+        REPORT_AUDIT_PROFILE,
+        "EcgbridgeReportAudit",
+        "ecgbridge report write AuditEvent",
+        "The AuditEvent written with each report (IHE BALP RESTful create): the model's "
+        "Device as requestor, the DiagnosticReport and the patient as entities.",
+        "AuditEvent",
+        audit_differential,
+    ),
+)
+
+
+def resource_profile(spec: tuple[str, str, str, str, str, str, Any], base: dict[str, JSON]) -> JSON:
+    sd_id, url, name, title, description, type_, differential = spec
+    diff = differential()
+    return _sd(
+        sd_id,
+        url,
+        name,
+        title,
+        description,
+        kind="resource",
+        type_=type_,
+        differential=diff,
+        snapshot=apply_differential(base[type_], diff, base),
+    )
+
+
 def _sd(
     sd_id: str,
     url: str,
@@ -902,6 +1183,7 @@ def build_all(definitions: Path = DEFAULT_DEFINITIONS) -> dict[str, JSON]:
         *(extension_definition(spec, base["Extension"]) for spec in EXTENSIONS),
         report_profile(base),
         observation_profile(base),
+        *(resource_profile(spec, base) for spec in RESOURCE_PROFILES),
         *(code_system(cs) for cs in CODE_SETS),
         *(value_set(cs) for cs in CODE_SETS),
     ]

@@ -3,8 +3,9 @@
 One test FHIR server (Medplum's engine, tests/fhir_server) for the module, started with
 ``--profiles mappers/profiles``: every resource whose ``meta.profile`` names a loaded profile is
 validated against its snapshot. The report resources of real analyses (a positive, a negative,
-a quality-refused sample ECG, and a preliminary report) are accepted; wrong ones are rejected
-with an OperationOutcome naming the problem, and the same wrong resource without
+a quality-refused sample ECG, and a preliminary report), with their Provenance and AuditEvent,
+and the model's Device and model card (the real MODEL_CARD.md), are accepted; wrong ones are
+rejected with an OperationOutcome naming the problem, and the same wrong resource without
 ``meta.profile`` is accepted, so the rejection is the profile's doing (the server enforces).
 """
 
@@ -32,12 +33,18 @@ from integration.api import create_app
 from integration.inbox import Inbox
 from integration.ingest import IngestService
 from integration.samples import load_samples
+from integration.writeback import load_model_card
+from mappers.fhir_device import MODEL_CARD_EXTENSION, ModelResources, model_resources
 from mappers.fhir_extensions import EXPLANATION_URL, EXTENSION_URLS, FAIRNESS_URL
 from mappers.fhir_json import resource_json
 from mappers.fhir_r4 import ReportResources, build_report, report_bundle
 from mappers.profiles import (
+    AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
+    AI_PROVENANCE_PROFILE,
+    MODEL_CARD_PROFILE,
     PROFILES_DIR,
+    REPORT_AUDIT_PROFILE,
     REPORT_PROFILE,
     conformance_file,
     structure_definition_ids,
@@ -47,12 +54,24 @@ from tests.support.fhir_server import FhirServerProcess
 pytestmark = pytest.mark.e2e
 
 JSON = dict[str, Any]
+#: Every profile of a resource the project writes, by resource type.
+RESOURCE_PROFILES = {
+    "DiagnosticReport": REPORT_PROFILE,
+    "Observation": AI_OBSERVATION_PROFILE,
+    "Provenance": AI_PROVENANCE_PROFILE,
+    "AuditEvent": REPORT_AUDIT_PROFILE,
+    "Device": AI_DEVICE_PROFILE,
+    "DocumentReference": MODEL_CARD_PROFILE,
+}
 FHIR_HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 ISSUED = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 EXPLANATION: JSON = {
     "attributions": [{"lead": "V2", "segment": "ST", "share": 0.31}],
     "counterfactual": {
-        "edits": [{"lead": "V3", "segment": "T", "delta_mv": -0.2}],
+        "edits": [
+            {"lead": "V3", "segment": "T", "delta_mv": -0.2},
+            {"lead": "V1", "segment": "QRS", "wave": "R", "delta_mv": -0.15},
+        ],
         "valid": True,
         "new_probability": 0.1,
         "original_probability": 0.8,
@@ -82,8 +101,12 @@ def _build(result: AnalysisResult, record: EcgRecord, name: str, **kwargs: Any) 
 
 
 def _json(res: ReportResources) -> list[JSON]:
-    """Observations, DiagnosticReport, Provenance: the write-back order."""
-    return [resource_json(m) for m in (*res.observations, res.diagnostic_report, res.provenance)]
+    """Observations, DiagnosticReport, Provenance, AuditEvent: the write-back order."""
+    assert res.audit_event is not None
+    return [
+        resource_json(m)
+        for m in (*res.observations, res.diagnostic_report, res.provenance, res.audit_event)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +144,18 @@ def reports(built: dict[str, ReportResources]) -> dict[str, list[JSON]]:
 
 
 @pytest.fixture(scope="module")
-def bundles(built: dict[str, ReportResources]) -> dict[str, JSON]:
-    return {name: report_bundle(res) for name, res in built.items()}
+def model(built: dict[str, ReportResources]) -> ModelResources:
+    """The Device and model card (the repository's MODEL_CARD.md, inline) of the model."""
+    return model_resources(built["positive"].model_version, load_model_card())
+
+
+@pytest.fixture(scope="module")
+def bundles(built: dict[str, ReportResources], model: ModelResources) -> dict[str, JSON]:
+    """Transactions as the writer sends them: the first one with the model's resources."""
+    return {
+        name: report_bundle(res, model=model if n == 0 else None)
+        for n, (name, res) in enumerate(built.items())
+    }
 
 
 def _put(client: httpx.Client, resource: JSON) -> httpx.Response:
@@ -154,11 +187,35 @@ def _is_ai(resource: JSON) -> bool:
     return any(s.get("code") == "AIAST" for s in resource.get("meta", {}).get("security", []))
 
 
+def test_model_device_and_card_are_accepted_with_profiles_enforced(
+    client: httpx.Client, model: ModelResources
+) -> None:
+    device, card = resource_json(model.device), resource_json(model.model_card)
+    assert device["meta"]["profile"] == [AI_DEVICE_PROFILE]
+    assert card["meta"]["profile"] == [MODEL_CARD_PROFILE]
+    assert len(card["content"][0]["attachment"]["data"]) > 1000  # the real card, inline
+    for resource in (card, device):
+        first = _put(client, resource)
+        assert first.status_code in (200, 201), first.text
+        assert first.json()["meta"]["profile"] == resource["meta"]["profile"]
+        again = _put(client, resource)  # idempotent: the same resource, same id
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == resource["id"]
+    stored = client.get(f"/Device/{device['id']}").json()
+    assert (
+        stored["extension"][0]["valueReference"]["reference"] == f"DocumentReference/{card['id']}"
+    )
+
+
 @pytest.mark.parametrize("case", ["positive", "negative", "refused", "preliminary"])
 def test_report_resources_are_accepted_with_profiles_enforced(
     client: httpx.Client, reports: dict[str, list[JSON]], case: str
 ) -> None:
     resources = reports[case]
+    by_type = {r["resourceType"]: r for r in resources}
+    assert by_type["Provenance"]["meta"]["profile"] == [AI_PROVENANCE_PROFILE]
+    assert by_type["AuditEvent"]["meta"]["profile"] == [REPORT_AUDIT_PROFILE]
+    assert by_type["Provenance"]["agent"][0]["who"]["reference"].startswith("Device/")
     report = _report(resources)
     observations = [r for r in resources if r["resourceType"] == "Observation"]
     ai = [o for o in observations if _is_ai(o)]
@@ -191,12 +248,22 @@ def test_report_bundle_is_accepted_as_a_transaction(
     client: httpx.Client, bundles: dict[str, JSON]
 ) -> None:
     """`report_bundle`: one transaction of idempotent PUTs, every entry validated."""
+    types: set[str] = set()
     for bundle in bundles.values():
         resp = client.post("", json=bundle)
         assert resp.status_code == 200, resp.text
         statuses = [e["response"]["status"][:3] for e in resp.json()["entry"]]
         assert len(statuses) == len(bundle["entry"])
         assert set(statuses) <= {"200", "201"}, resp.text
+        types |= {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert types == {
+        "DocumentReference",
+        "Device",
+        "DiagnosticReport",
+        "Observation",
+        "Provenance",
+        "AuditEvent",
+    }
 
 
 # ---------------------------------------------------------------------------------- (b)
@@ -340,6 +407,85 @@ OBSERVATION_DEFECTS: list[tuple[Callable[[JSON], None], str, str]] = [
 ]
 
 
+def _device_without_model_card(d: JSON) -> None:
+    del d["extension"]
+
+
+def _device_model_card_not_a_document(d: JSON) -> None:
+    d["extension"][0]["valueReference"] = {"reference": "Binary/card"}
+
+
+def _device_other_manufacturer(d: JSON) -> None:
+    d["manufacturer"] = "Acme"
+
+
+def _device_without_aiast(d: JSON) -> None:
+    d["meta"]["security"] = [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}
+    ]
+
+
+def _device_not_ai(d: JSON) -> None:
+    d["type"] = {"coding": [{"system": "http://snomed.info/sct", "code": "706689003"}]}
+
+
+def _device_without_name_type(d: JSON) -> None:
+    d["deviceName"][0]["type"] = "user-friendly-name"
+
+
+DEVICE_DEFECTS: list[tuple[Callable[[JSON], None], str, str]] = [
+    (_device_without_model_card, "Device", "ecgd-model-card"),
+    (_device_model_card_not_a_document, "Device", "ecgd-model-card"),
+    (_device_other_manufacturer, "Device", "ecgd-manufacturer"),
+    (_device_without_aiast, "Device.meta.security", "slice 'aiast'"),
+    (_device_not_ai, "Device.type", "did not match expected pattern"),
+    (_device_without_name_type, "Device", "ecgd-name"),
+]
+
+
+@pytest.mark.parametrize(
+    ("defect", "expression", "text"), DEVICE_DEFECTS, ids=[d[0].__name__ for d in DEVICE_DEFECTS]
+)
+def test_wrong_device_is_rejected_naming_the_problem(
+    client: httpx.Client,
+    model: ModelResources,
+    defect: Callable[[JSON], None],
+    expression: str,
+    text: str,
+) -> None:
+    device = resource_json(model.device)
+    assert device["extension"][0]["url"] == MODEL_CARD_EXTENSION
+    defect(device)
+    _assert_rejected_then_accepted_without_profile(client, device, expression, text)
+
+
+def _card_inline_without_hash(r: JSON) -> None:
+    del r["content"][0]["attachment"]["hash"]
+
+
+def _provenance_agent_by_identifier_only(r: JSON) -> None:
+    del r["agent"][0]["who"]["reference"]
+
+
+def _audit_requestor_not_the_device(r: JSON) -> None:
+    r["agent"][0]["who"] = {"display": "someone"}
+
+
+def test_wrong_model_card_provenance_and_audit_event_are_rejected(
+    client: httpx.Client, model: ModelResources, reports: dict[str, list[JSON]]
+) -> None:
+    by_type = {r["resourceType"]: r for r in reports["positive"]}
+    cases: list[tuple[JSON, Callable[[JSON], None], str, str]] = [
+        (resource_json(model.model_card), _card_inline_without_hash, "DocumentReference", "ecgmc-"),
+        (by_type["Provenance"], _provenance_agent_by_identifier_only, "Provenance", "ecgp-device"),
+        (by_type["AuditEvent"], _audit_requestor_not_the_device, "AuditEvent", "ecga-agent"),
+    ]
+    for resource, defect, expression, text in cases:
+        wrong = copy.deepcopy(resource)
+        defect(wrong)
+        _assert_rejected_then_accepted_without_profile(client, wrong, expression, text)
+
+
 def _assert_rejected_then_accepted_without_profile(
     client: httpx.Client, wrong: JSON, expression: str, text: str
 ) -> None:
@@ -410,7 +556,7 @@ def test_every_extension_url_has_a_structure_definition(
     client: httpx.Client,
 ) -> None:
     published = structure_definition_ids()
-    for url in (*EXTENSION_URLS, REPORT_PROFILE, AI_OBSERVATION_PROFILE):
+    for url in (*EXTENSION_URLS, *RESOURCE_PROFILES.values()):
         sd_id = url.rsplit("/", 1)[-1]
         assert sd_id in published
         sd = json.loads(conformance_file("StructureDefinition", sd_id).read_text("utf-8"))
@@ -422,6 +568,7 @@ def test_every_extension_url_has_a_structure_definition(
     by_type = {r["type"]: r for r in metadata["rest"][0]["resource"]}
     assert by_type["DiagnosticReport"]["supportedProfile"] == [REPORT_PROFILE]
     assert by_type["Observation"]["supportedProfile"] == [AI_OBSERVATION_PROFILE]
+    assert len(published) == len(EXTENSION_URLS) + len(RESOURCE_PROFILES)
 
 
 # ---------------------------------------------------------------------------------- (d)
@@ -445,8 +592,11 @@ def test_api_serves_its_capability_statement_and_structure_definitions(
     assert cs["fhirVersion"] == "4.0.1" and cs["kind"] == "instance"
     assert cs["implementation"]["url"] == "http://testserver/fhir"
     client_rest = next(r for r in cs["rest"] if r["mode"] == "client")
-    profiles = {u for r in client_rest["resource"] for u in r.get("supportedProfile", [])}
-    assert profiles == {REPORT_PROFILE, AI_OBSERVATION_PROFILE}
+    profiles = {r["type"]: r.get("supportedProfile") for r in client_rest["resource"]}
+    assert profiles == {
+        **{rtype: [url] for rtype, url in RESOURCE_PROFILES.items()},
+        "Communication": None,
+    }
     # Medplum's R4 validator accepts the statement too.
     stored = client.post("/CapabilityStatement", json=cs)
     assert stored.status_code == 201, stored.text

@@ -26,7 +26,8 @@ from integration.errors import WriteBackError
 from integration.mllp_client import MllpClient, ack_code
 from integration.pipeline import report_identity
 from integration.samples import Sample, load_samples
-from integration.writeback import FhirTransactionWriter
+from integration.writeback import FhirServerWriter, FhirTransactionWriter
+from mappers.fhir_device import model_card_id, model_device_id
 from mappers.fhir_r4 import build_report, resource_json
 from mappers.hl7v2 import build_oru_r01
 from mappers.hl7v2_result_out import result_control_id
@@ -109,6 +110,61 @@ def test_transaction_mode_writes_preliminary_then_final(
         assert httpx.get(f"{base}/{ref}", timeout=5).status_code == 200, ref
     prov = httpx.get(f"{base}/Provenance/{report_id}-provenance", timeout=5)
     assert prov.status_code == 200
+    _assert_model_and_audit(base, report_id, model_version, prov.json())
+
+
+def _assert_model_and_audit(
+    base: str, report_id: str, model_version: str, provenance: dict[str, Any]
+) -> None:
+    """The model's Device and model card are on the server, written once (one version), the
+    Provenance's author is the Device, and each write (preliminary, final) has its
+    AuditEvent naming the report."""
+    device_ref = f"Device/{model_device_id(model_version)}"
+    card_ref = f"DocumentReference/{model_card_id(model_version)}"
+    assert provenance["agent"][0]["who"]["reference"] == device_ref
+    for ref in (device_ref, card_ref):
+        history = httpx.get(f"{base}/{ref}/_history", timeout=5).json()
+        assert len(history["entry"]) == 1, ref
+    device = httpx.get(f"{base}/{device_ref}", timeout=5).json()
+    assert device["version"] == [{"value": model_version}]
+    assert device["extension"][0]["valueReference"]["reference"] == card_ref
+    card = httpx.get(f"{base}/{card_ref}", timeout=5).json()
+    assert card["content"][0]["attachment"]["contentType"] == "text/markdown"
+    for status in ("preliminary", "final"):
+        audit = httpx.get(f"{base}/AuditEvent/{report_id}-audit-{status}", timeout=5)
+        assert audit.status_code == 200, audit.text
+        entity = audit.json()["entity"][0]
+        assert entity["what"]["reference"] == f"DiagnosticReport/{report_id}"
+        assert audit.json()["agent"][0]["who"]["reference"] == device_ref
+
+
+def test_put_mode_writes_the_model_once_and_an_audit_event_per_write(
+    fhir: FhirServerProcess, samples: list[Sample], model_version: str
+) -> None:
+    """`FhirServerWriter` (the ``put`` mode) against the real server: preliminary then final
+    by one writer, then the final again by a second writer (another worker process): the
+    Device and model card are PUT by each writer once, and the server keeps what it got."""
+    record = samples[2].record
+    result = Analyzer.load(device="cpu").analyze(record)
+    now = datetime.now(UTC)
+    report_id = f"ecg-put-{now.strftime('%H%M%S%f')}"
+    prelim = build_report(result, record, report_id=report_id, issued=now, preliminary=True)
+    final = build_report(result, record, report_id=report_id, issued=now)
+    writer = FhirServerWriter(fhir.base_url, timeout_s=10)
+    writer.write(prelim)
+    writer.write(final)
+    writer.close()
+    base = fhir.base_url
+    prov = httpx.get(f"{base}/Provenance/{report_id}-provenance", timeout=5).json()
+    device_ref = f"Device/{model_device_id(model_version)}"
+    # one version, whether this writer or the transaction test's worker wrote it first
+    _assert_model_and_audit(base, report_id, model_version, prov)
+    second = FhirServerWriter(fhir.base_url, timeout_s=10)
+    written = second.write(final)
+    second.close()
+    assert written.report_ref.startswith(f"DiagnosticReport/{report_id}/_history/")
+    history = httpx.get(f"{base}/{device_ref}/_history", timeout=5).json()
+    assert len(history["entry"]) == 1  # read, found equal, not written again
 
 
 def test_transaction_refused_by_the_server_is_permanent(

@@ -289,8 +289,12 @@ def test_to_json_matches_the_contract(explained: list[Explanation]) -> None:
         cf = data["counterfactual"]
         assert set(cf) == {"edits", "valid", "new_probability", "original_probability", "method"}
         for e in cf["edits"]:
-            assert set(e) == {"lead", "segment", "delta_mv"}
             assert e["segment"] in {"ST", "T", "QRS"}
+            if e["segment"] == "QRS":  # which QRS wave changed: Q depth or R height
+                assert set(e) == {"lead", "segment", "delta_mv", "wave"}
+                assert e["wave"] in {"Q", "R"}
+            else:
+                assert set(e) == {"lead", "segment", "delta_mv"}
         if ex.rule is not None:
             assert data["rule"].startswith(("IF ", "ALWAYS ")) and "THEN first edit on" in ex.rule
             assert 0.0 <= data["rule_fidelity"] <= 1.0

@@ -67,3 +67,37 @@ def test_half_frame_is_pending() -> None:
     dec = MllpDecoder(max_frame=1000)
     assert dec.feed(b"\x0bMSH|partial") == []
     assert dec.pending_bytes == len(b"MSH|partial")
+    assert dec.inside_frame
+
+
+@given(
+    st.binary(min_size=0, max_size=200).map(
+        # mostly framing bytes, so starts, ends, stray ends and cut frames all occur
+        lambda b: bytes(b"\x0b\x1c\rab"[x % 5] for x in b)
+    ),
+    st.lists(st.integers(min_value=1, max_value=30), max_size=40),
+)
+def test_any_bytes_split_anywhere_decode_as_in_one_read(data: bytes, cuts: list[int]) -> None:
+    """The resumed search (each byte searched once) finds what one search of all bytes finds."""
+    whole = MllpDecoder(max_frame=10_000)
+    expected = whole.feed(data)
+    dec = MllpDecoder(max_frame=10_000)
+    events = []
+    pos = 0
+    for cut in cuts:
+        events += dec.feed(data[pos : pos + cut])
+        pos += cut
+    events += dec.feed(data[pos:])
+    assert events == expected
+    assert dec.pending_bytes == whole.pending_bytes
+
+
+def test_a_frame_fed_one_byte_at_a_time_resumes_its_search() -> None:
+    dec = MllpDecoder(max_frame=100_000)
+    body = MSG + b"|" + b"7" * 20_000
+    wire = frame(body)
+    assert [e for b in wire[:-1] for e in dec.feed(bytes([b]))] == []
+    # everything held was searched already: the next read searches only its own bytes
+    assert dec._scanned == len(dec._buf) == len(body) + 1  # the body and the FS
+    assert dec.feed(wire[-1:]) == [Frame(body)]
+    assert dec._scanned == 0 and dec.pending_bytes == 0

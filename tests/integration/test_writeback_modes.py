@@ -5,6 +5,7 @@ doctor's check. The real FHIR server and a peer process are in tests/e2e/test_wr
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from integration.writeback import (
     MllpResultWriter,
     NdjsonSink,
 )
+from mappers.fhir_device import model_card_id, model_device_id
 from mappers.fhir_r4 import ReportResources, build_report
 from mappers.hl7v2_result_out import result_control_id
 from tests.support.processes import free_port
@@ -76,8 +78,17 @@ def _response(bundle: dict[str, Any], status: str = "200 OK") -> dict[str, Any]:
 
 
 def _transaction_writer(handler: Any) -> FhirTransactionWriter:
+    """A writer whose server has not got the model's Device and model card yet (their
+    look-ups answer 404); the transactions go to `handler`."""
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(404)
+        response: httpx.Response = handler(request)
+        return response
+
     return FhirTransactionWriter(
-        "http://ehr/fhir/", timeout_s=5, transport=httpx.MockTransport(handler)
+        "http://ehr/fhir/", timeout_s=5, transport=httpx.MockTransport(server)
     )
 
 
@@ -88,16 +99,28 @@ def test_transaction_is_one_post_of_put_entries(reports: dict[str, ReportResourc
         seen.append(request)
         return httpx.Response(200, json=_response(json.loads(request.content)))
 
-    written = _transaction_writer(handler).write(reports["final"])
+    writer = _transaction_writer(handler)
+    written = writer.write(reports["final"])
     (request,) = seen
     assert (request.method, str(request.url)) == ("POST", "http://ehr/fhir")
     bundle = json.loads(request.content)
     assert bundle["type"] == "transaction"
     resources = reports["final"]
-    assert len(bundle["entry"]) == len(resources.observations) + 2
+    # model card, Device, report, observations, AuditEvent, Provenance
+    assert len(bundle["entry"]) == len(resources.observations) + 5
     assert {e["request"]["method"] for e in bundle["entry"]} == {"PUT"}
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert urls[:3] == [
+        f"DocumentReference/{model_card_id(resources.model_version)}",
+        f"Device/{model_device_id(resources.model_version)}",
+        "DiagnosticReport/ecg-r1",
+    ]
+    assert urls[-2:] == ["AuditEvent/ecg-r1-audit-final", "Provenance/ecg-r1-provenance"]
     assert written.report_ref == "DiagnosticReport/ecg-r1/_history/2"
     assert written.location == "http://ehr/fhir/DiagnosticReport/ecg-r1"
+    # written once per model: the next transaction carries the report's resources only
+    writer.write(reports["final"])
+    assert len(json.loads(seen[1].content)["entry"]) == len(resources.observations) + 3
 
 
 @pytest.mark.parametrize(
@@ -118,8 +141,12 @@ def test_transaction_entry_error_is_classified_by_its_status(
     reports: dict[str, ReportResources], status: str, transient: bool
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        body = _response(json.loads(request.content))
-        body["entry"][1]["response"] = {"status": status, "outcome": OUTCOME}
+        sent = json.loads(request.content)
+        body = _response(sent)
+        n = next(
+            i for i, e in enumerate(sent["entry"]) if e["request"]["url"].startswith("Observation/")
+        )
+        body["entry"][n]["response"] = {"status": status, "outcome": OUTCOME}
         return httpx.Response(200, json=body)
 
     with pytest.raises(WriteBackError) as err:
@@ -274,6 +301,22 @@ def test_make_writer_by_mode(tmp_path: Path) -> None:
         writer = make_writer(Settings(**kwargs))
         assert isinstance(writer, kind), kwargs
         writer.close()
+
+
+def test_make_writer_writes_the_configured_model_card(
+    tmp_path: Path, reports: dict[str, ReportResources]
+) -> None:
+    card = tmp_path / "card.md"
+    card.write_bytes(b"# site model card")
+    out = tmp_path / "out"
+    writer = make_writer(Settings(data_dir=tmp_path, out_dir=out, model_card_path=card))
+    writer.write(reports["final"])
+    (line,) = (out / "DocumentReference.ndjson").read_text().splitlines()
+    attachment = json.loads(line)["content"][0]["attachment"]
+    assert base64.b64decode(attachment["data"]) == b"# site model card"
+    missing = Settings(data_dir=tmp_path, out_dir=out, model_card_path=tmp_path / "nope.md")
+    with pytest.raises(ValueError, match=r"ECGBRIDGE_MODEL_CARD_PATH=.*nope\.md"):
+        make_writer(missing)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,17 @@ def test_drivers_and_the_flipping_edit() -> None:
     )
 
 
+def test_a_qrs_edit_names_its_wave() -> None:
+    edits = [
+        {"lead": "V2", "segment": "QRS", "wave": "Q", "delta_mv": -0.12},
+        {"lead": "V3", "segment": "ST", "delta_mv": 0.1},
+    ]
+    cf = {"edits": edits, "valid": True, "original_probability": 0.08, "new_probability": 0.16}
+    text = explanation_summary(EXPLANATION | {"counterfactual": cf})
+    assert text is not None
+    assert "What would flip it: V2 QRS (Q wave) -0.12 mV, V3 ST +0.10 mV" in text
+
+
 def test_no_valid_counterfactual_is_said_plainly() -> None:
     text = explanation_summary(
         EXPLANATION | {"counterfactual": {"edits": [], "valid": False, "new_probability": 0.9}}

@@ -9,7 +9,15 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from mappers.fhir_capability import capability_statement
 from mappers.fhir_json import resource_json
-from mappers.profiles import AI_OBSERVATION_PROFILE, REPORT_PROFILE, load_structure_definition
+from mappers.profiles import (
+    AI_DEVICE_PROFILE,
+    AI_OBSERVATION_PROFILE,
+    AI_PROVENANCE_PROFILE,
+    MODEL_CARD_PROFILE,
+    REPORT_AUDIT_PROFILE,
+    REPORT_PROFILE,
+    load_structure_definition,
+)
 
 BASE = "https://ecg.example.org/fhir"
 WHEN = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
@@ -57,10 +65,27 @@ def test_server_part_is_what_the_api_answers() -> None:
 def test_client_part_declares_the_published_profiles() -> None:
     client = _rest(_statement(), "client")
     by_type = {r["type"]: r for r in client["resource"]}
-    assert set(by_type) == {"DiagnosticReport", "Observation", "Provenance", "Communication"}
+    assert set(by_type) == {
+        "DiagnosticReport",
+        "Observation",
+        "Provenance",
+        "AuditEvent",
+        "Device",
+        "DocumentReference",
+        "Communication",
+    }
     assert all(_interactions(r) == {"update"} for r in client["resource"])
-    assert by_type["DiagnosticReport"]["supportedProfile"] == [REPORT_PROFILE]
-    assert by_type["Observation"]["supportedProfile"] == [AI_OBSERVATION_PROFILE]
+    expected = {
+        "DiagnosticReport": REPORT_PROFILE,
+        "Observation": AI_OBSERVATION_PROFILE,
+        "Provenance": AI_PROVENANCE_PROFILE,
+        "AuditEvent": REPORT_AUDIT_PROFILE,
+        "Device": AI_DEVICE_PROFILE,
+        "DocumentReference": MODEL_CARD_PROFILE,
+    }
+    for rtype, url in expected.items():
+        assert by_type[rtype]["supportedProfile"] == [url]
+        assert by_type[rtype]["profile"] == url
     for entry in client["resource"]:
         for url in entry.get("supportedProfile", []):
             sd = load_structure_definition(url.rsplit("/", 1)[-1])

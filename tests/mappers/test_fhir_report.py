@@ -3,9 +3,15 @@ uncertainty components. Every resource is validated as R4 (fhir.resources.R4B)."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.provenance import Provenance
 
@@ -20,6 +26,13 @@ from inference.result import (
     StenosisFinding,
     TerritoryFinding,
     TriageResult,
+)
+from mappers.fhir_device import (
+    ModelCard,
+    model_card_document,
+    model_card_id,
+    model_device_id,
+    model_resources,
 )
 from mappers.fhir_json import resource_json
 from mappers.fhir_report import RHYTHM_SNOMED, ReportResources, build_report, report_bundle
@@ -179,3 +192,106 @@ def resource_json_provenance(bundle: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = bundle["entry"][-1]["resource"]
     assert entry["resourceType"] == "Provenance"
     return entry
+
+
+# --------------------------------------------------- the model as a Device (AI Transparency)
+
+
+def test_provenance_and_observations_name_the_model_device(record: EcgRecord) -> None:
+    res = build_report(result(), record, report_id="d", issued=NOW)
+    version = res.model_version
+    assert version == "ecgbridge-resnet1d-0.2.0+abcdef12"
+    prov = resource_json(res.provenance)
+    who = prov["agent"][0]["who"]
+    assert who["reference"] == f"Device/{model_device_id(version)}"
+    assert who["identifier"] == {"system": "urn:ecgbridge:model", "value": version}
+    roles = {e["role"]: e["what"] for e in prov["entity"]}
+    assert roles["derivation"]["reference"] == f"DocumentReference/{model_card_id(version)}"
+    for obs in res.observations:
+        assert resource_json(obs)["device"]["reference"] == f"Device/{model_device_id(version)}"
+
+
+def test_model_device_and_card_are_deterministic_per_version() -> None:
+    card = ModelCard(markdown=b"# card\n")
+    a, b = model_resources("v1", card), model_resources("v1", card)
+    assert resource_json(a.device) == resource_json(b.device)
+    assert resource_json(a.model_card) == resource_json(b.model_card)
+    assert model_device_id("v1") != model_device_id("v2")
+    assert model_card_id("v1") != model_card_id("v2")
+    for rid in (model_device_id("v" * 300), model_card_id("a/b c")):
+        assert len(rid) <= 64 and all(c.isalnum() or c in "-." for c in rid)
+
+    device = resource_json(a.device)
+    Device.model_validate(device)
+    assert device["deviceName"] == [{"name": "ecgbridge ECG triage model", "type": "model-name"}]
+    assert device["version"] == [{"value": "v1"}]
+    assert device["manufacturer"] == "ecgbridge"
+    assert device["type"]["coding"][0]["code"] == "Artificial-Intelligence"
+    assert device["meta"]["security"][0]["code"] == "AIAST"
+    assert "udiCarrier" not in device
+    (ext,) = device["extension"]
+    assert ext["url"].endswith("aitransparency.modelCardDescription")
+    assert ext["valueReference"]["reference"] == f"DocumentReference/{model_card_id('v1')}"
+
+    doc = resource_json(a.model_card)
+    DocumentReference.model_validate(doc)
+    (content,) = doc["content"]
+    att = content["attachment"]
+    assert att["contentType"] == "text/markdown"
+    assert base64.b64decode(att["data"]) == b"# card\n" and att["size"] == 7
+    assert base64.b64decode(att["hash"]) == hashlib.sha1(b"# card\n").digest()  # noqa: S324
+    assert doc["type"]["coding"][0]["code"] == "AIModelCard"
+
+
+def test_model_card_by_url_only_and_bad_input() -> None:
+    doc = resource_json(model_card_document("v1", ModelCard(url="https://example.org/card.md")))
+    att = doc["content"][0]["attachment"]
+    assert att["url"] == "https://example.org/card.md"
+    assert "data" not in att and "hash" not in att
+    with pytest.raises(ValueError, match="needs its markdown text or a url"):
+        ModelCard()
+    with pytest.raises(ValueError, match="model version is empty"):
+        model_device_id("")
+
+
+def test_audit_event_of_each_write(record: EcgRecord) -> None:
+    prelim = build_report(result(), record, report_id="a", issued=NOW, preliminary=True)
+    final = build_report(result(), record, report_id="a", issued=NOW)
+    assert prelim.audit_event is not None and final.audit_event is not None
+    first, second = resource_json(prelim.audit_event), resource_json(final.audit_event)
+    AuditEvent.model_validate(second)
+    assert (first["id"], second["id"]) == ("a-audit-preliminary", "a-audit-final")
+    assert second["type"]["code"] == "rest"
+    assert second["subtype"][0] == {
+        "system": "http://hl7.org/fhir/restful-interaction",
+        "code": "create",
+        "display": "create",
+    }
+    assert (second["action"], second["outcome"]) == ("C", "0")
+    assert second["recorded"] == resource_json(final.diagnostic_report)["issued"]
+    (agent,) = second["agent"]
+    assert agent["requestor"] is True
+    assert agent["who"]["reference"] == f"Device/{model_device_id(final.model_version)}"
+    assert second["source"]["observer"]["reference"] == agent["who"]["reference"]
+    report_entity, *patient = second["entity"]
+    assert report_entity["what"] == {"reference": "DiagnosticReport/a"}
+    assert report_entity["detail"] == [{"type": "status", "valueString": "final"}]
+    subject = resource_json(final.diagnostic_report).get("subject")
+    if subject is None:
+        assert patient == []
+    else:
+        assert [p["what"] for p in patient] == [subject]
+        assert patient[0]["role"]["code"] == "1"
+
+
+def test_bundle_with_the_model_puts_it_first(record: EcgRecord) -> None:
+    res = build_report(result(), record, report_id="m", issued=NOW)
+    model = model_resources(res.model_version, ModelCard(markdown=b"# card"))
+    bundle = report_bundle(res, model=model)
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert urls[:3] == [
+        f"DocumentReference/{model_card_id(res.model_version)}",
+        f"Device/{model_device_id(res.model_version)}",
+        "DiagnosticReport/m",
+    ]
+    assert urls[-2:] == ["AuditEvent/m-audit-final", "Provenance/m-provenance"]

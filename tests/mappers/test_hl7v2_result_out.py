@@ -34,12 +34,15 @@ EXPLANATION = {
         "original_probability": 0.81,
         "new_probability": 0.12,
         "method": "segment-edit",
-        "edits": [{"lead": "V3", "segment": "ST", "delta_mv": -0.2}],
+        "edits": [
+            {"lead": "V3", "segment": "ST", "delta_mv": -0.2},
+            {"lead": "V2", "segment": "QRS", "wave": "R", "delta_mv": 0.1},
+        ],
     },
 }
 SUMMARY = (
-    "Main drivers: V2 ST (31%), V3 ST (20%). What would flip it: V3 ST -0.20 mV "
-    "(MI probability 81% -> 12%)."
+    "Main drivers: V2 ST (31%), V3 ST (20%). What would flip it: V3 ST -0.20 mV, "
+    "V2 QRS (R wave) +0.10 mV (MI probability 81% -> 12%)."
 )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from inference.record import EcgRecord
 from inference.result import AnalysisResult, FairnessCheck, QualityReport, TriageResult
+from mappers.fhir_device import ModelCard, model_resources
 from mappers.fhir_extensions import (
     EXPLANATION_URL,
     EXTENSION_URLS,
@@ -26,8 +27,12 @@ from mappers.fhir_extensions import (
 from mappers.fhir_json import resource_json
 from mappers.fhir_report import build_report
 from mappers.profiles import (
+    AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
+    AI_PROVENANCE_PROFILE,
+    MODEL_CARD_PROFILE,
     PROFILES_DIR,
+    REPORT_AUDIT_PROFILE,
     REPORT_PROFILE,
     conformance_file,
     load_structure_definition,
@@ -36,6 +41,19 @@ from mappers.profiles import (
 from mappers.profiles import generate as gen
 
 JSON = dict[str, Any]
+RESOURCE_PROFILES = (
+    REPORT_PROFILE,
+    AI_OBSERVATION_PROFILE,
+    AI_DEVICE_PROFILE,
+    MODEL_CARD_PROFILE,
+    AI_PROVENANCE_PROFILE,
+    REPORT_AUDIT_PROFILE,
+)
+ALL_SD_IDS = (
+    "ecg-fairness-check",
+    "ecg-explanation",
+    *(url.rsplit("/", 1)[-1] for url in RESOURCE_PROFILES),
+)
 
 EXPLANATION: JSON = {
     "attributions": [
@@ -43,7 +61,10 @@ EXPLANATION: JSON = {
         {"lead": "V3", "segment": "T", "share": 0.12},
     ],
     "counterfactual": {
-        "edits": [{"lead": "V3", "segment": "T", "delta_mv": -0.2}],
+        "edits": [
+            {"lead": "V3", "segment": "T", "delta_mv": -0.2},
+            {"lead": "V2", "segment": "QRS", "wave": "Q", "delta_mv": 0.12},
+        ],
         "valid": True,
         "new_probability": 0.1,
         "original_probability": 0.8,
@@ -160,13 +181,8 @@ def test_the_files_are_what_the_generator_makes() -> None:
 
 def test_every_extension_url_has_a_structure_definition_file() -> None:
     ids = structure_definition_ids()
-    assert set(ids) == {
-        "ecg-fairness-check",
-        "ecg-explanation",
-        "ecgbridge-ecg-report",
-        "ecgbridge-ai-observation",
-    }
-    for url in (*EXTENSION_URLS, REPORT_PROFILE, AI_OBSERVATION_PROFILE):
+    assert set(ids) == set(ALL_SD_IDS)
+    for url in (*EXTENSION_URLS, *RESOURCE_PROFILES):
         sd = _sd(url.rsplit("/", 1)[-1])
         assert sd["url"] == url
         assert sd["fhirVersion"] == "4.0.1"
@@ -180,10 +196,7 @@ def test_load_structure_definition_reads_only_published_ids(sd_id: str) -> None:
         assert load_structure_definition(bad) is None
 
 
-@pytest.mark.parametrize(
-    "sd_id",
-    ["ecg-fairness-check", "ecg-explanation", "ecgbridge-ecg-report", "ecgbridge-ai-observation"],
-)
+@pytest.mark.parametrize("sd_id", ALL_SD_IDS)
 def test_snapshot_agrees_with_differential(sd_id: str) -> None:
     sd = _sd(sd_id)
     snapshot = sd["snapshot"]["element"]
@@ -215,6 +228,7 @@ def test_snapshot_agrees_with_differential(sd_id: str) -> None:
 def test_terminology_matches_the_code() -> None:
     assert _codes(gen.SEGMENT.value_set) == set(SEGMENT_CODES)
     assert _codes(gen.VERDICT.value_set) == {"stable", "demographic-sensitive"}
+    assert _codes(gen.QRS_WAVE.value_set) == {"Q", "R"}
 
 
 # ------------------------------------------------------------------ builders vs definitions
@@ -263,6 +277,10 @@ def test_the_checker_finds_what_is_wrong() -> None:
     _sub(bad, "counterfactual", "edit", "delta")["valueQuantity"]["code"] = "uV"
     assert any("does not match" in p for p in conformance_problems(bad, explanation))
     bad = explanation_extension(EXPLANATION, model_version="m")
+    edit = [e for e in _sub(bad, "counterfactual")["extension"] if e["url"] == "edit"][1]
+    next(e for e in edit["extension"] if e["url"] == "wave")["valueCode"] = "S"
+    assert any("not in" in p for p in conformance_problems(bad, explanation))
+    bad = explanation_extension(EXPLANATION, model_version="m")
     bad["extension"].append({"url": "confidence", "valueDecimal": 0.5})
     assert any("closed" in p for p in conformance_problems(bad, explanation))
 
@@ -301,6 +319,12 @@ def test_report_resources_declare_the_profiles() -> None:
     assert res.observations
     for obs in res.observations:
         assert resource_json(obs)["meta"]["profile"] == [AI_OBSERVATION_PROFILE]
+    assert resource_json(res.provenance)["meta"]["profile"] == [AI_PROVENANCE_PROFILE]
+    assert res.audit_event is not None
+    assert resource_json(res.audit_event)["meta"]["profile"] == [REPORT_AUDIT_PROFILE]
+    model = model_resources("m", ModelCard(markdown=b"# card"))
+    assert resource_json(model.device)["meta"]["profile"] == [AI_DEVICE_PROFILE]
+    assert resource_json(model.model_card)["meta"]["profile"] == [MODEL_CARD_PROFILE]
 
 
 # ---------------------------------------------------------------------- snapshot generator
