@@ -56,3 +56,15 @@ def test_healthcheck_script_is_copied_and_exists() -> None:
     assert (DEPLOY / "healthcheck.py").exists()
     for path in DOCKERFILES:
         assert "COPY deploy/healthcheck.py" in path.read_text()
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_the_model_card_ships_in_the_final_image(path: Path) -> None:
+    """The Device's model-card DocumentReference carries the card's text and hash only when
+    the file is there: `pip install .` does not install it."""
+    final = _stages(path.read_text())[-1]
+    copied = re.search(r"^COPY MODEL_CARD\.md (\S+)$", final, flags=re.MULTILINE)
+    assert copied is not None
+    assert f"ECGBRIDGE_MODEL_CARD_PATH={copied.group(1)}" in final
+    ignore = (DEPLOY / f"{path.name}.dockerignore").read_text().splitlines()
+    assert "!MODEL_CARD.md" in ignore
