@@ -452,7 +452,8 @@ class Inbox:
         stmt = (
             select(inbox_table)
             .where(c.patient_key.in_(keys), c.report_ref.is_not(None))
-            .order_by(c.received_at.desc())
+            # id breaks ties: report search pages by offset, so the order must be total
+            .order_by(c.received_at.desc(), c.id.desc())
             .limit(limit)
         )
         return self._rows(stmt)

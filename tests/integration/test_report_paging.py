@@ -154,3 +154,25 @@ def test_bad_offset_is_a_400_naming_it(
     assert resp.status_code == 400
     assert resp.json()["resourceType"] == "OperationOutcome"
     assert message in resp.json()["issue"][0]["diagnostics"]
+
+
+def test_reports_received_at_the_same_instant_keep_one_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offset paging needs a total order: equal receive times are ordered by item id."""
+    monkeypatch.setattr("integration.inbox._now", lambda: NOW)
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/inbox.sqlite3")
+    for n in range(6):
+        accepted = inbox.accept(
+            idem_key=f"same:{n}",
+            channel="http",
+            content_type=ContentType.FHIR,
+            payload=f"{{{n}}}".encode(),
+            record_id=f"rec-{n}",
+            patient_key=key(MRN),
+        )
+        inbox.mark_done(accepted.item.id, result_json="{}", report_ref=f"DiagnosticReport/r{n}")
+    whole = [i.id for i in inbox.reports_for([key(MRN)], limit=6)]
+    assert whole == sorted(whole, reverse=True)
+    pages = [i.id for i in inbox.reports_for([key(MRN)], limit=3)]
+    assert pages == whole[:3]
