@@ -27,7 +27,7 @@ from integration.audit.log import AuditLog
 from integration.audit.store import SearchQuery
 from integration.inbox import ContentType, Inbox, InboxItem, Status
 from integration.ingest import ENHANCED_MODES
-from integration.mllp_client import AckRejectedError, MllpClient
+from integration.mllp_client import AckRejectedError, MllpClient, ack_code
 from mappers.errors import MappingError
 from mappers.hl7v2 import Msh, build_ack, parse_msh
 
@@ -116,6 +116,19 @@ def build_app_ack(
     return head + b"|||NE|NE" + sep + rest
 
 
+def _answered_in_original_mode(inbox: Inbox, item_id: str) -> bool:
+    """True when the item is not HL7 v2, or was answered AA/AE/AR (MSH-15 empty: original
+    mode, no application ACK). An enhanced-mode item may have no stored ACK at all
+    (MSH-15 = NE), so anything else needs the message's MSH-16."""
+    stored = inbox.stored_ack(item_id)
+    if stored is None:
+        return True
+    content_type, ack = stored
+    return content_type is not ContentType.HL7V2 or (
+        ack is not None and ack_code(ack) in ("AA", "AE", "AR")
+    )
+
+
 class AppAcker:
     """Sends the application ACK of finished HL7 v2 items (the worker's hook)."""
 
@@ -142,6 +155,8 @@ class AppAcker:
         """Send the application ACK for `item_id` if it is finished and its sender asked
         for one. Never raises: the ECG's report does not depend on it."""
         try:
+            if _answered_in_original_mode(inbox, item_id):
+                return  # the usual case, decided without reading the message itself
             item = inbox.get(item_id)
             if item is not None:
                 self._acknowledge(item)

@@ -322,6 +322,19 @@ class Inbox:
     def get(self, item_id: str) -> InboxItem | None:
         return self._one(select(inbox_table).where(inbox_table.c.id == item_id))
 
+    def stored_ack(self, item_id: str) -> tuple[ContentType, bytes | None] | None:
+        """An item's content type and the ACK it was answered with, without reading (or
+        decrypting) its payload; None for an unknown item."""
+        c = inbox_table.c
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(select(c.content_type, c.ack).where(c.id == item_id)).first()
+        except SQLAlchemyError as exc:
+            raise InboxError(f"inbox read failed: {exc.__class__.__name__}") from exc
+        if row is None:
+            return None
+        return ContentType(row.content_type), None if row.ack is None else bytes(row.ack)
+
     def find_by_key(self, idem_key: str) -> InboxItem | None:
         return self._one(select(inbox_table).where(inbox_table.c.idem_key == idem_key))
 

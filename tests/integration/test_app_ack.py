@@ -22,9 +22,9 @@ from integration.app_ack import (
     parse_endpoints,
 )
 from integration.audit import AuditLog, EventKind, Outcome, SearchQuery
-from integration.inbox import ContentType, Inbox
+from integration.inbox import ContentType, Inbox, InboxItem
 from integration.settings import Settings
-from mappers.hl7v2 import parse_msh
+from mappers.hl7v2 import build_ack, parse_msh
 from tests.support.v2_peer import V2Peer
 
 NOW = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
@@ -209,3 +209,29 @@ def test_unreachable_endpoint_is_audited_as_failed_and_retried_later(
         acker.after_processing(item_id, inbox=inbox)
         assert [r["control_id"] for r in peer.received()] == [app_ack_control_id(item_id)]
     assert events(audit, EventKind.APP_ACK_SENT)[-1] == ("DOWN1", Outcome.SUCCESS)
+
+
+def test_original_mode_items_are_decided_without_reading_the_message(
+    inbox: Inbox, peer: V2Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most senders use original mode: the stored AA says so, and the worker's hook then
+    neither reads nor decrypts the (often 250 kB) message. Enhanced mode still reads it."""
+    acker = AppAcker(endpoints={"*": ("127.0.0.1", peer.port)}, audit=AuditLog.in_memory())
+    original = finished(inbox, "ORIG2", accept="", app="")
+    ack = build_ack(parse_msh(message("ORIG2", accept="", app="")), "AA", control_id="A1", now=NOW)
+    inbox.set_ack(original, ack)
+    enhanced = finished(inbox, "ENH2")
+    inbox.set_ack(enhanced, build_ack(parse_msh(message("ENH2")), "CA", control_id="A2", now=NOW))
+    reads: list[str] = []
+    real_get = inbox.get
+
+    def counting_get(item_id: str) -> InboxItem | None:
+        reads.append(item_id)
+        return real_get(item_id)
+
+    monkeypatch.setattr(inbox, "get", counting_get)
+    for item_id in (original, enhanced):
+        acker.after_processing(item_id, inbox=inbox)
+    assert reads == [enhanced]
+    [got] = peer.received()
+    assert got["message"].split("\r")[1].startswith("MSA|AA|ENH2")
