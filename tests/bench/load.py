@@ -108,6 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="1,5,10,15,20,25")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument(
+        "--writeback-mode",
+        choices=("put", "transaction"),
+        default="put",
+        help="put: one request per resource; transaction: one Bundle per report",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=int,
+        default=1,
+        help="ECGs per model call in each worker (>1: a thread-pool worker batching its tasks)",
+    )
+    p.add_argument("--batch-wait-ms", type=float, default=0.0)
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="ecgbridge-load-"))
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             fhir_base_url=fhir.base_url,
             data_dir=str(tmp / "var"),
             worker_concurrency=str(args.workers),
+            writeback_mode=args.writeback_mode,
+            batch_max=str(args.batch_max),
+            batch_wait_ms=str(args.batch_wait_ms),
         )
         with (
             EcgbridgeWorker(env, tmp / "worker.log"),
@@ -130,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_rate(serve, fhir, rate, duration, tmp)
                 results.append(r)
                 print(
-                    f"workers={args.workers} rate {rate:5.1f}/s: throughput "
+                    f"workers={args.workers} {args.writeback_mode} batch {args.batch_max} "
+                    f"rate {rate:5.1f}/s: throughput "
                     f"{r['throughput_per_s']:5.1f}/s  p50 {r['p50_s']:.3f} s  "
                     f"p95 {r['p95_s']:.3f} s  p99 {r['p99_s']:.3f} s  "
                     f"ack p50 {r['ack_p50_ms']:.0f} ms  "
@@ -141,10 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     sustained = [r["rate_per_s"] for r in results if not r["backlog_growing"]]
     summary = {
         "workers": args.workers,
+        "writeback_mode": args.writeback_mode,
+        "batch_max": args.batch_max,
+        "batch_wait_ms": args.batch_wait_ms,
         "results": results,
         "max_sustained_rate_per_s": max(sustained) if sustained else 0.0,
     }
-    (OUT / f"load-{args.workers}w.json").write_text(json.dumps(summary, indent=2))
+    name = f"load-{args.workers}w" + (
+        f"-{args.writeback_mode}-b{args.batch_max}"
+        if (args.writeback_mode, args.batch_max) != ("put", 1)
+        else ""
+    )
+    (OUT / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(
         f"highest rate sustained without a growing backlog: {summary['max_sustained_rate_per_s']}/s"
     )
