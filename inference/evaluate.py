@@ -54,22 +54,29 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from inference.calibration import brier, expected_calibration_error
+from inference.calibration import brier
 from inference.dataset import PtbxlData, load_ptbxl
 from inference.ensemble import predict_logits
 from inference.fairness import (
     AGE_BANDS,
     compare,
     load_fairness,
+    sex_and_band_masks,
 )
 from inference.fairness import band_of as age_bands
-from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity, wilson_ci
+from inference.metrics import auroc
 from inference.preprocess import preprocess_batch
 from inference.quality import assess_quality
 from inference.record import LEADS_12
 from inference.registry import DEFAULT_WEIGHTS, Weights, weights_from_file
 from inference.scoring import score
-from inference.subgroups import fairness_gaps, reliability_png, subgroup_audit
+from inference.subgroups import (
+    auroc_ci95,
+    fairness_gaps,
+    group_figures,
+    reliability_png,
+    subgroup_audit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +84,6 @@ STENOSIS_NOT_ASSESSED = (
     "not assessed: no angiography-labelled training data; needs site fine-tuning and "
     "validation (inference.site_finetune)"
 )
-
-
-def _subgroup(
-    y: npt.NDArray[np.bool_], prob: npt.NDArray[np.float64], threshold: float
-) -> dict[str, Any]:
-    sens, spec = sensitivity_specificity(y, prob, threshold) if y.size else (None, None)
-    return {
-        "n": int(y.size),
-        "n_pos": int(y.sum()),
-        "auroc": auroc(y, prob),
-        "sensitivity": sens,
-        "specificity": spec,
-    }
 
 
 def uncertainty_summary(
@@ -127,34 +121,39 @@ def task_report(
     """One task's entry of the evaluation contract."""
     y = np.asarray(y_true) > 0.5
     prob = np.asarray(prob, dtype=np.float64)
-    ci = bootstrap_auroc_ci(y, prob, n_bootstrap=n_bootstrap, seed=seed)
-    sens, spec = sensitivity_specificity(y, prob, threshold)
-    pred = prob >= threshold
     bands = age_bands(age_years)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
-    groups = {"male": sex == 0, "female": sex == 1} | {b: bands == b for b in AGE_BANDS}
+    groups = {
+        name: group_figures(y[m], prob[m], threshold)
+        for name, m in sex_and_band_masks(sex, bands).items()
+    }
+    f = group_figures(y, prob, threshold)
     return {
-        "auroc": auroc(y, prob),
-        "ci95": None if ci is None else [ci[0], ci[1]],
-        "n_pos": n_pos,
-        "n": int(y.size),
-        "sensitivity": sens,
-        "specificity": spec,
+        "auroc": f.auroc,
+        "ci95": auroc_ci95(y, prob, n_bootstrap=n_bootstrap, seed=seed),
+        "n_pos": f.n_pos,
+        "n": f.n,
+        "sensitivity": f.sensitivity,
+        "specificity": f.specificity,
         "threshold": float(threshold),
-        "by_sex": {
-            "male": auroc(y[sex == 0], prob[sex == 0]),
-            "female": auroc(y[sex == 1], prob[sex == 1]),
-        },
-        "by_age_band": {band: auroc(y[bands == band], prob[bands == band]) for band in AGE_BANDS},
-        "sensitivity_ci95": wilson_ci(tp, n_pos),
-        "specificity_ci95": wilson_ci(tn, n_neg),
-        "ppv": float(tp / pred.sum()) if pred.any() else None,
-        "npv": float(tn / (~pred).sum()) if (~pred).any() else None,
-        "ece": expected_calibration_error(y, prob),
+        "by_sex": {"male": groups["male"].auroc, "female": groups["female"].auroc},
+        "by_age_band": {band: groups[band].auroc for band in AGE_BANDS},
+        "sensitivity_ci95": f.sensitivity_ci95,
+        "specificity_ci95": f.specificity_ci95,
+        "ppv": f.ppv,
+        "npv": f.npv,
+        "ece": f.ece,
         "brier": brier(y, prob),
         "operating_point": operating_point,
-        "subgroups": {name: _subgroup(y[m], prob[m], threshold) for name, m in groups.items()},
+        "subgroups": {
+            name: {
+                "n": g.n,
+                "n_pos": g.n_pos,
+                "auroc": g.auroc,
+                "sensitivity": g.sensitivity,
+                "specificity": g.specificity,
+            }
+            for name, g in groups.items()
+        },
         "uncertainty": uncertainty_summary(y, prob, sd, threshold),
     }
 

@@ -47,13 +47,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.record import Demographics, Sex
+from inference.record import AGE_BANDS as AGE_BANDS
+from inference.record import Demographics, Sex, age_bands_of
 from inference.result import FairnessCheck
 
 logger = logging.getLogger(__name__)
 
 SEXES: tuple[str, ...] = ("male", "female")
-AGE_BANDS: tuple[str, ...] = ("<40", "40-65", ">65")
 CELLS: tuple[tuple[str, str], ...] = tuple((s, b) for s in SEXES for b in AGE_BANDS)
 #: Default verdict threshold: a demographic counterfactual that moves the probability by ten
 #: percentage points or more makes the result "demographic-sensitive".
@@ -374,12 +374,14 @@ def reference_positive_rates(
 
 def band_of(age_years: npt.ArrayLike) -> npt.NDArray[np.str_]:
     """Age band per record ("" when unknown); PTB-XL's 300 (over 89) falls in ">65"."""
-    age = np.asarray(age_years, dtype=np.float64)
-    out = np.full(age.shape, "", dtype="<U5")
-    out[age < 40] = "<40"
-    out[(age >= 40) & (age <= 65)] = "40-65"
-    out[age > 65] = ">65"
-    return out
+    return age_bands_of(age_years)
+
+
+def sex_and_band_masks(
+    sex: npt.NDArray[np.int64], bands: npt.NDArray[np.str_]
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """Masks of the sex groups (`SEXES`: 0 male, 1 female) then the age bands (`AGE_BANDS`)."""
+    return {s: sex == i for i, s in enumerate(SEXES)} | {b: bands == b for b in AGE_BANDS}
 
 
 def monitoring_groups(
@@ -387,8 +389,7 @@ def monitoring_groups(
 ) -> dict[str, npt.NDArray[np.bool_]]:
     """Masks of the groups the production monitor counts: all, sex, age band, sex x band."""
     groups: dict[str, npt.NDArray[np.bool_]] = {"all": np.ones(sex.shape, dtype=bool)}
-    groups |= {"male": sex == 0, "female": sex == 1}
-    groups |= {b: bands == b for b in AGE_BANDS}
+    groups |= sex_and_band_masks(sex, bands)
     for si, s in enumerate(SEXES):
         for b in AGE_BANDS:
             groups[cell_key(s, b)] = (sex == si) & (bands == b)
@@ -474,7 +475,6 @@ def compare(
     minus smallest band) with paired bootstrap 95 % CIs."""
     from inference.metrics import auroc, bootstrap_auroc_ci, sensitivity_specificity
 
-    groups = {"male": sex == 0, "female": sex == 1} | {b: bands == b for b in AGE_BANDS}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, y.size, y.size) for _ in range(n_bootstrap)]
 
@@ -484,8 +484,7 @@ def compare(
         out: dict[str, float] = {}
         au: dict[str, float] = {}
         se: dict[str, float] = {}
-        masks = {"male": ss == 0, "female": ss == 1} | {b: bb == b for b in AGE_BANDS}
-        for name, m in masks.items():
+        for name, m in sex_and_band_masks(ss, bb).items():
             a = auroc(yy[m], pp[m])
             s, _ = sensitivity_specificity(yy[m], pp[m], thr) if m.any() else (None, None)
             if a is not None:
@@ -533,7 +532,7 @@ def compare(
                     "auroc": auroc(y[m], prob[m]),
                     **operating_point(y[m], prob[m], thr),
                 }
-                for g, m in groups.items()
+                for g, m in sex_and_band_masks(sex, bands).items()
             },
             "gaps": {
                 k: {

@@ -40,6 +40,23 @@ MAX_FS_HZ = 20_000.0
 MIN_DURATION_S = 1.0
 
 
+#: The fairness age bands, youngest first: below `AGE_BAND_LOW_YEARS`, from it to
+#: `AGE_BAND_HIGH_YEARS` inclusive, and above. The one definition of the edges and labels.
+AGE_BANDS: tuple[str, ...] = ("<40", "40-65", ">65")
+AGE_BAND_LOW_YEARS = 40.0
+AGE_BAND_HIGH_YEARS = 65.0
+
+
+def age_bands_of(age_years: npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """The `AGE_BANDS` label of each age in years ("" where it is NaN), same shape."""
+    age = np.asarray(age_years, dtype=np.float64)
+    out = np.full(age.shape, "", dtype="<U5")
+    out[age < AGE_BAND_LOW_YEARS] = AGE_BANDS[0]
+    out[(age >= AGE_BAND_LOW_YEARS) & (age <= AGE_BAND_HIGH_YEARS)] = AGE_BANDS[1]
+    out[age > AGE_BAND_HIGH_YEARS] = AGE_BANDS[2]
+    return out
+
+
 class Sex(StrEnum):
     """Administrative sex as recorded by the sender (FHIR AdministrativeGender subset)."""
 
@@ -63,14 +80,10 @@ class Demographics:
 
     @property
     def age_band(self) -> str | None:
-        """The fairness age band: ``"<40"``, ``"40-65"`` or ``">65"``."""
+        """The fairness age band (`AGE_BANDS`): ``"<40"``, ``"40-65"`` or ``">65"``."""
         if self.age_years is None:
             return None
-        if self.age_years < 40:
-            return "<40"
-        if self.age_years <= 65:
-            return "40-65"
-        return ">65"
+        return str(age_bands_of(self.age_years)[()])
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,61 @@ MIN_POS_FOR_FLAG = 5
 SENS_MARGIN = 0.05
 
 
+@dataclass(frozen=True, slots=True)
+class GroupFigures:
+    """One group's figures at one threshold, None where undefined (an absent class, an empty
+    group). Both JSON contracts report from these: `group_entry` here and the per-task entry
+    of `inference.evaluate.task_report`."""
+
+    n: int
+    n_pos: int
+    auroc: float | None
+    sensitivity: float | None
+    specificity: float | None
+    #: Wilson 95 % intervals of sensitivity and specificity.
+    sensitivity_ci95: list[float] | None
+    specificity_ci95: list[float] | None
+    ppv: float | None
+    npv: float | None
+    #: Expected calibration error, 10 equal-width bins.
+    ece: float | None
+    #: The share of the group called positive.
+    positive_rate: float | None
+
+
+def group_figures(
+    y: npt.NDArray[np.bool_], prob: npt.NDArray[np.float64], threshold: float
+) -> GroupFigures:
+    """The figures of the records `y` (labels) scored `prob`, called positive at `threshold`."""
+    pred = prob >= threshold
+    n_pos = int(y.sum())
+    n_neg = int((~y).sum())
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    sens, spec = sensitivity_specificity(y, prob, threshold)
+    return GroupFigures(
+        n=int(y.size),
+        n_pos=n_pos,
+        auroc=auroc(y, prob),
+        sensitivity=sens,
+        specificity=spec,
+        sensitivity_ci95=wilson_ci(tp, n_pos),
+        specificity_ci95=wilson_ci(tn, n_neg),
+        ppv=float(tp / pred.sum()) if pred.any() else None,
+        npv=float(tn / (~pred).sum()) if (~pred).any() else None,
+        ece=expected_calibration_error(y, prob),
+        positive_rate=float(pred.mean()) if y.size else None,
+    )
+
+
+def auroc_ci95(
+    y: npt.NDArray[np.bool_], prob: npt.NDArray[np.float64], *, n_bootstrap: int, seed: int
+) -> list[float] | None:
+    """Percentile-bootstrap 95 % CI of the AUROC over records (None with one class)."""
+    ci = bootstrap_auroc_ci(y, prob, n_bootstrap=n_bootstrap, seed=seed)
+    return None if ci is None else [ci[0], ci[1]]
+
+
 def group_entry(
     y: npt.NDArray[np.bool_],
     prob: npt.NDArray[np.float64],
@@ -38,24 +94,18 @@ def group_entry(
     n_bootstrap: int,
     seed: int,
 ) -> dict[str, Any]:
-    pred = prob >= threshold
-    n_pos = int(y.sum())
-    n_neg = int((~y).sum())
-    tp = int((pred & y).sum())
-    tn = int((~pred & ~y).sum())
-    sens, spec = sensitivity_specificity(y, prob, threshold) if y.size else (None, None)
-    ci = bootstrap_auroc_ci(y, prob, n_bootstrap=n_bootstrap, seed=seed)
+    f = group_figures(y, prob, threshold)
     return {
-        "n": int(y.size),
-        "n_pos": n_pos,
-        "auroc": auroc(y, prob),
-        "ci95": None if ci is None else [ci[0], ci[1]],
-        "sensitivity": sens,
-        "sensitivity_ci95": wilson_ci(tp, n_pos),
-        "specificity": spec,
-        "specificity_ci95": wilson_ci(tn, n_neg),
-        "ece": expected_calibration_error(y, prob),
-        "positive_rate": float(pred.mean()) if y.size else None,
+        "n": f.n,
+        "n_pos": f.n_pos,
+        "auroc": f.auroc,
+        "ci95": auroc_ci95(y, prob, n_bootstrap=n_bootstrap, seed=seed),
+        "sensitivity": f.sensitivity,
+        "sensitivity_ci95": f.sensitivity_ci95,
+        "specificity": f.specificity,
+        "specificity_ci95": f.specificity_ci95,
+        "ece": f.ece,
+        "positive_rate": f.positive_rate,
     }
 
 

@@ -40,7 +40,7 @@ from integration.inbox import Inbox
 from integration.logging_setup import log_context
 from integration.pipeline import Explaining, explain_item, process_item
 from integration.settings import Settings
-from integration.smart import BackendServicesAuth, get_smart_settings
+from integration.subscriptions import smart_auth
 from integration.tracing import TRACEPARENT, extract_context, inject_headers, span
 from integration.writeback import (
     FhirServerWriter,
@@ -100,18 +100,6 @@ def make_writer(settings: Settings) -> ReportWriter:
             receiving_facility=settings.v2_result_receiving_facility,
         )
     return NdjsonSink(settings.out_dir, model_card=load_model_card(settings.model_card_path))
-
-
-def smart_auth() -> BackendServicesAuth | None:
-    smart = get_smart_settings()
-    if not (smart.smart_token_url and smart.smart_client_id):
-        return None
-    return BackendServicesAuth(
-        token_url=smart.smart_token_url,
-        client_id=smart.smart_client_id,
-        scope=smart.smart_scope,
-        keys=smart.signing_keys(),
-    )
 
 
 def make_explaining(settings: Settings, analyzer: Analyzer) -> Explaining | None:

@@ -23,13 +23,8 @@ import pytest
 from integration.mllp_client import MllpClient, ack_code
 from integration.samples import Sample, load_samples
 from mappers.hl7v2 import build_oru_r01, parse_msh
-from tests.support.processes import (
-    EcgbridgeServe,
-    EcgbridgeWorker,
-    RedisServer,
-    ecgbridge_env,
-    wait_until,
-)
+from tests.support.processes import EcgbridgeServe, EcgbridgeWorker, wait_until
+from tests.support.stack import ecgbridge_stack
 from tests.support.v2_peer import V2Peer
 
 pytestmark = pytest.mark.e2e
@@ -77,20 +72,17 @@ def samples() -> list[Sample]:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("app_ack")
-    with RedisServer(tmp / "redis.log") as redis, V2Peer(tmp / "peer") as peer:
-        env = ecgbridge_env(
-            broker_url=redis.url,
-            data_dir=str(tmp / "var"),
+    with (
+        V2Peer(tmp / "peer") as peer,
+        ecgbridge_stack(
+            tmp,
             writeback_mode="hl7v2",
             v2_result_host="127.0.0.1",
             v2_result_port=str(peer.port),
             app_ack_endpoints=f"ECGCART^WARD=127.0.0.1:{peer.port}",
-        )
-        with (
-            EcgbridgeWorker(env, tmp / "worker.log") as worker,
-            EcgbridgeServe(env, tmp / "serve.log") as serve,
-        ):
-            yield Rig(serve, worker, peer)
+        ) as stack,
+    ):
+        yield Rig(stack.serve, stack.require_worker(), peer)
 
 
 def enhanced(sample: Sample, control_id: str) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from inference.fairness import CELLS
 from integration.audit import AuditEvent, AuditLog, EventKind, SearchQuery
 from integration.audit.config import AuditSettings
 from integration.fairness_monitor import DriftConfig, FairnessMonitor, groups_of
-from tests.support.processes import ROOT, ecgbridge_env
+from tests.support.processes import ecgbridge_env, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -205,14 +204,7 @@ def test_rate_shift_replay_then_report(audit: AuditLog, audit_url: str, tmp_path
     base = ["fairness", "report", "--model-version", MODEL, "--reference", str(ref_file)]
 
     def report(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "integration.cli", *base, *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(*base, *args, env=env)
 
     phase2_start = BASE + timedelta(seconds=PHASE)
     done = report("--since", phase2_start.isoformat(), "--json")

@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,52 +27,30 @@ from integration.pipeline import report_identity
 from integration.samples import Sample, load_samples
 from mappers.fhir_r4 import patient_resource, record_to_observation
 from mappers.hl7v2 import build_oru_r01
-from tests.support.fhir_server import FhirServerProcess
-from tests.support.processes import (
-    EcgbridgeServe,
-    EcgbridgeWorker,
-    RedisServer,
-    ecgbridge_env,
-    wait_until,
-)
+from tests.support.processes import run_cli, wait_until
+from tests.support.stack import EcgbridgeStack, ecgbridge_stack
 
 pytestmark = pytest.mark.e2e
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "mappers" / "profiles"
 
 
-@dataclass
-class Stack:
-    fhir: FhirServerProcess
-    serve: EcgbridgeServe
-    worker: EcgbridgeWorker
-    redis: RedisServer
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, fresh_postgres_url: str) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("e2e")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, fresh_postgres_url: str
+) -> Iterator[EcgbridgeStack]:
     # The FHIR server enforces the project's profiles: every report the pipeline writes
     # (preliminary and final) must conform to them.
-    with (
-        RedisServer(tmp / "redis.log") as redis,
-        FhirServerProcess(profiles_dir=PROFILES_DIR) as fhir,
-    ):
-        env = ecgbridge_env(
-            broker_url=redis.url,
-            database_url=fresh_postgres_url,
-            fhir_base_url=fhir.base_url,
-            data_dir=str(tmp / "var"),
-            out_dir=str(tmp / "var" / "out"),
-            # the product's defaults: explanations and the ECG picture in every report
-            explain="true",
-            report_png="true",
-            report_pdf="true",
-        )
-        with (
-            EcgbridgeWorker(env, tmp / "worker.log") as worker,
-            EcgbridgeServe(env, tmp / "serve.log") as serve,
-        ):
-            yield Stack(fhir, serve, worker, redis)
+    with ecgbridge_stack(
+        tmp_path_factory.mktemp("e2e"),
+        fhir=True,
+        fhir_profiles_dir=PROFILES_DIR,
+        database_url=fresh_postgres_url,
+        # the product's defaults: explanations and the ECG picture in every report
+        explain="true",
+        report_png="true",
+        report_pdf="true",
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +63,13 @@ def analyzer() -> Analyzer:
     return Analyzer.load(device="cpu")
 
 
-def _read_report(stack: Stack, report_id: str, timeout_s: float = 120) -> dict[str, Any]:
-    url = f"{stack.fhir.base_url}/DiagnosticReport/{report_id}"
+def _read_report(stack: EcgbridgeStack, report_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    url = f"{stack.require_fhir().base_url}/DiagnosticReport/{report_id}"
     found: dict[str, Any] = {}
 
     def ready() -> bool:
-        assert stack.worker.alive(), stack.worker.log_tail()
+        worker = stack.require_worker()
+        assert worker.alive(), worker.log_tail()
         resp = httpx.get(url, timeout=5)
         # "preliminary" (triage) comes first; "final" once the explanations are added
         if resp.status_code == 200 and resp.json()["status"] == "final":
@@ -103,10 +81,12 @@ def _read_report(stack: Stack, report_id: str, timeout_s: float = 120) -> dict[s
     return found
 
 
-def _result_observations(stack: Stack, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _result_observations(
+    stack: EcgbridgeStack, report: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for ref in report["result"]:
-        obs = httpx.get(f"{stack.fhir.base_url}/{ref['reference']}", timeout=5).json()
+        obs = httpx.get(f"{stack.require_fhir().base_url}/{ref['reference']}", timeout=5).json()
         out[obs["id"]] = obs
     return out
 
@@ -117,7 +97,9 @@ def _probability(obs: dict[str, Any]) -> float:
     return value / 100.0 if q.get("unit") == "%" or q.get("code") == "%" else value
 
 
-def _check_report(stack: Stack, report: dict[str, Any], sample: Sample, analyzer: Analyzer) -> None:
+def _check_report(
+    stack: EcgbridgeStack, report: dict[str, Any], sample: Sample, analyzer: Analyzer
+) -> None:
     expected = analyzer.analyze(sample.record)
     assert expected.triage is not None
     patient = sample.record.patient
@@ -134,7 +116,7 @@ def _check_report(stack: Stack, report: dict[str, Any], sample: Sample, analyzer
         terr = obs[f"{report['id']}-territory-{finding.vessel.lower()}"]
         assert _probability(terr) == pytest.approx(finding.probability, abs=1e-5)
     prov = httpx.get(
-        f"{stack.fhir.base_url}/Provenance",
+        f"{stack.require_fhir().base_url}/Provenance",
         params={"target": f"DiagnosticReport/{report['id']}"},
         timeout=5,
     ).json()
@@ -144,7 +126,7 @@ def _check_report(stack: Stack, report: dict[str, Any], sample: Sample, analyzer
 
 
 def test_hl7_over_mllp_from_another_process_gets_its_report(
-    stack: Stack, samples: list[Sample], analyzer: Analyzer, tmp_path: Path
+    stack: EcgbridgeStack, samples: list[Sample], analyzer: Analyzer, tmp_path: Path
 ) -> None:
     sample = next(s for s in samples if s.label.startswith("MI"))
     control_id = "E2E" + datetime.now(UTC).strftime("%H%M%S%f")
@@ -181,7 +163,7 @@ def test_hl7_over_mllp_from_another_process_gets_its_report(
     ).json()
     assert status["status"] == "done"
     found = httpx.get(
-        f"{stack.fhir.base_url}/DiagnosticReport",
+        f"{stack.require_fhir().base_url}/DiagnosticReport",
         params={"identifier": f"urn:ecgbridge:report|{report_id}"},
         timeout=5,
     ).json()
@@ -189,7 +171,7 @@ def test_hl7_over_mllp_from_another_process_gets_its_report(
 
 
 def test_fhir_bundle_over_http_gets_its_report(
-    stack: Stack, samples: list[Sample], analyzer: Analyzer
+    stack: EcgbridgeStack, samples: list[Sample], analyzer: Analyzer
 ) -> None:
     sample = samples[1]
     obs = record_to_observation(sample.record)
@@ -220,7 +202,7 @@ def test_fhir_bundle_over_http_gets_its_report(
 
 
 def test_the_report_is_preliminary_first_then_final_with_its_explanation(
-    stack: Stack, samples: list[Sample], analyzer: Analyzer
+    stack: EcgbridgeStack, samples: list[Sample], analyzer: Analyzer
 ) -> None:
     """The triage report is written at once as "preliminary"; the same DiagnosticReport is
     updated to "final" with the explanation, the fairness check, the measurements and the
@@ -233,7 +215,7 @@ def test_the_report_is_preliminary_first_then_final_with_its_explanation(
     report_id = report_identity(f"hl7:WARD|{control_id}", analyzer.model_version)
     report = _read_report(stack, report_id)
     history = httpx.get(
-        f"{stack.fhir.base_url}/DiagnosticReport/{report_id}/_history", timeout=5
+        f"{stack.require_fhir().base_url}/DiagnosticReport/{report_id}/_history", timeout=5
     ).json()
     statuses = [e["resource"]["status"] for e in history["entry"]]
     assert statuses[-1] == "preliminary" and statuses[0] == "final", statuses  # newest first
@@ -253,7 +235,7 @@ def test_the_report_is_preliminary_first_then_final_with_its_explanation(
     assert f"{report_id}-st-levels" in obs
 
 
-def test_bad_hl7_gets_a_negative_ack_and_the_listener_keeps_serving(stack: Stack) -> None:
+def test_bad_hl7_gets_a_negative_ack_and_the_listener_keeps_serving(stack: EcgbridgeStack) -> None:
     with MllpClient("127.0.0.1", stack.serve.mllp_port) as client:
         bad = client.send(b"MSH|^~\\&|X|WARD|Y|Z|20260101||ADT^A01|BAD1|P|2.5.1\rPID|1")
         assert ack_code(bad) == "AR"
@@ -264,27 +246,12 @@ def test_bad_hl7_gets_a_negative_ack_and_the_listener_keeps_serving(stack: Stack
     assert resp.status_code == 200
 
 
-def test_audit_log_holds_the_chain_and_verifies(stack: Stack) -> None:
+def test_audit_log_holds_the_chain_and_verifies(stack: EcgbridgeStack) -> None:
     """After the ECGs above: `ecgbridge audit verify` on the same store exits 0, and the
     log holds received -> ACK -> analysis -> report for an ECG sent over MLLP."""
-    env = dict(stack.serve.env)
-    verify = subprocess.run(
-        [sys.executable, "-m", "integration.cli", "audit", "verify"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    verify = run_cli("audit", "verify", env=stack.serve.env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    export = subprocess.run(
-        [sys.executable, "-m", "integration.cli", "audit", "export"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    export = run_cli("audit", "export", env=stack.serve.env)
     assert export.returncode == 0, export.stderr
     events = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
     subtypes = {c["code"] for e in events for c in e.get("subtype", [])}

@@ -11,7 +11,6 @@ and writes the report, and serve answers ``GET /fhir/DiagnosticReport/{id}`` and
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,42 +18,20 @@ import pytest
 
 from integration.samples import load_samples
 from mappers.fhir_r4 import patient_resource, record_to_observation
-from tests.support.fhir_server import FhirServerProcess
-from tests.support.processes import (
-    EcgbridgeServe,
-    EcgbridgeWorker,
-    RedisServer,
-    ecgbridge_env,
-    wait_until,
-)
+from tests.support.processes import wait_until
+from tests.support.stack import EcgbridgeStack, ecgbridge_stack
 
 pytestmark = pytest.mark.e2e
 TOPIC = "https://ehr.example.org/SubscriptionTopic/ecg-observation-create"
 FHIR = {"Content-Type": "application/fhir+json"}
 
 
-@dataclass
-class Stack:
-    fhir: FhirServerProcess
-    serve: EcgbridgeServe
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("subscription-e2e")
-    with RedisServer(tmp / "redis.log") as redis, FhirServerProcess() as fhir:
-        env = ecgbridge_env(
-            broker_url=redis.url,
-            fhir_base_url=fhir.base_url,
-            subscription_topics=TOPIC,
-            data_dir=str(tmp / "var"),
-            out_dir=str(tmp / "var" / "out"),
-        )
-        with (
-            EcgbridgeWorker(env, tmp / "worker.log"),
-            EcgbridgeServe(env, tmp / "serve.log") as serve,
-        ):
-            yield Stack(fhir, serve)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcgbridgeStack]:
+    with ecgbridge_stack(
+        tmp_path_factory.mktemp("subscription-e2e"), fhir=True, subscription_topics=TOPIC
+    ) as stack:
+        yield stack
 
 
 def _put(base: str, resource: dict[str, Any]) -> None:
@@ -106,15 +83,16 @@ def _notification(focus: str, number: int) -> dict[str, Any]:
 
 
 def test_notified_observation_is_fetched_analysed_and_its_report_readable(
-    stack: Stack,
+    stack: EcgbridgeStack,
 ) -> None:
     sample = load_samples()[0]
     patient = patient_resource(sample.record)
     assert patient is not None
     obs = record_to_observation(sample.record) | {"id": "sub-ecg-1"}
-    _put(stack.fhir.base_url, patient)
-    _put(stack.fhir.base_url, obs)
-    focus = f"{stack.fhir.base_url}/Observation/sub-ecg-1"
+    ehr = stack.require_fhir().base_url
+    _put(ehr, patient)
+    _put(ehr, obs)
+    focus = f"{ehr}/Observation/sub-ecg-1"
     url = f"{stack.serve.http_url}/fhir/subscription-notification"
 
     resp = httpx.post(url, json=_notification(focus, 1), headers=FHIR, timeout=30)
@@ -138,7 +116,7 @@ def test_notified_observation_is_fetched_analysed_and_its_report_readable(
     report = read.json()
     assert report["id"] == report_id and report["status"] == "final"
     assert report["subject"]["reference"] == patient["resourceType"] + "/" + patient["id"]
-    at_ehr = httpx.get(f"{stack.fhir.base_url}/DiagnosticReport/{report_id}", timeout=10).json()
+    at_ehr = httpx.get(f"{ehr}/DiagnosticReport/{report_id}", timeout=10).json()
     assert report == at_ehr  # what ecgbridge wrote, not a re-rendering
 
     search = httpx.get(
@@ -161,7 +139,7 @@ def test_notified_observation_is_fetched_analysed_and_its_report_readable(
     assert inbox == {"done": 1}, inbox
 
 
-def test_unknown_topic_is_refused_over_http(stack: Stack) -> None:
+def test_unknown_topic_is_refused_over_http(stack: EcgbridgeStack) -> None:
     body = _notification("Observation/sub-ecg-1", 2)
     body["entry"][0]["resource"]["parameter"][1]["valueCanonical"] = "https://x.example/t"
     resp = httpx.post(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,46 +22,28 @@ import pytest
 from integration.mllp_client import MllpClient, ack_code
 from integration.samples import load_samples
 from mappers.hl7v2 import build_oru_r01
-from tests.support.processes import (
-    EcgbridgeServe,
-    EcgbridgeWorker,
-    RedisServer,
-    ecgbridge_env,
-    wait_until,
-)
+from tests.support.processes import wait_until
+from tests.support.stack import EcgbridgeStack, ecgbridge_stack
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class Stack:
-    serve: EcgbridgeServe
-    worker: EcgbridgeWorker
-    serve_spans: Path
-    worker_spans: Path
+SERVE_SPANS, WORKER_SPANS = "serve-spans.jsonl", "worker-spans.jsonl"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcgbridgeStack]:
     tmp = tmp_path_factory.mktemp("tracing")
-    with RedisServer(tmp / "redis.log") as redis:
-        env = ecgbridge_env(
-            broker_url=redis.url,
-            database_url=f"sqlite:///{tmp / 'inbox.sqlite3'}",
-            data_dir=str(tmp / "var"),
-            out_dir=str(tmp / "var" / "out"),
-            writeback_mode="ndjson",
-            log_format="json",
-            otel_exporter="console",
-        )
-        serve_spans, worker_spans = tmp / "serve-spans.jsonl", tmp / "worker-spans.jsonl"
-        with (
-            EcgbridgeWorker(
-                env | {"ECGBRIDGE_OTEL_FILE": str(worker_spans)}, tmp / "worker.log"
-            ) as worker,
-            EcgbridgeServe(env | {"ECGBRIDGE_OTEL_FILE": str(serve_spans)}, tmp / "serve.log") as s,
-        ):
-            yield Stack(s, worker, serve_spans, worker_spans)
+    with ecgbridge_stack(
+        tmp,
+        database_url=f"sqlite:///{tmp / 'inbox.sqlite3'}",
+        writeback_mode="ndjson",
+        log_format="json",
+        otel_exporter="console",
+        worker_settings={"otel_file": str(tmp / WORKER_SPANS)},
+        serve_settings={"otel_file": str(tmp / SERVE_SPANS)},
+    ) as stack:
+        yield stack
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
@@ -85,7 +66,8 @@ def _one(spans: list[dict[str, Any]], name: str, trace_id: str) -> dict[str, Any
     return found[0]
 
 
-def test_one_trace_spans_the_listener_and_the_worker(stack: Stack) -> None:
+def test_one_trace_spans_the_listener_and_the_worker(stack: EcgbridgeStack) -> None:
+    worker = stack.require_worker()
     sample = next(s for s in load_samples() if s.label.startswith("MI"))
     control_id = "TRC" + datetime.now(UTC).strftime("%H%M%S%f")
     message = build_oru_r01(sample.record, control_id=control_id, now=datetime.now(UTC))
@@ -94,7 +76,7 @@ def test_one_trace_spans_the_listener_and_the_worker(stack: Stack) -> None:
 
     roots = [
         s
-        for s in _spans(stack.serve_spans)
+        for s in _spans(stack.tmp / SERVE_SPANS)
         if s["name"] == "ecgbridge.receive_hl7"
         and s["attributes"].get("ecgbridge.message_id") == control_id
     ]
@@ -103,14 +85,14 @@ def test_one_trace_spans_the_listener_and_the_worker(stack: Stack) -> None:
     trace_id, item_id = root["trace_id"], root["attributes"]["ecgbridge.item_id"]
 
     def written() -> bool:
-        assert stack.worker.alive(), stack.worker.log_tail()
+        assert worker.alive(), worker.log_tail()
         return any(
             s["name"] == "ecgbridge.analyze_ecg" and s["trace_id"] == trace_id
-            for s in _spans(stack.worker_spans)
+            for s in _spans(stack.tmp / WORKER_SPANS)
         )
 
     wait_until(written, timeout_s=120, what="the worker's analyze_ecg span")
-    serve_spans, worker_spans = _spans(stack.serve_spans), _spans(stack.worker_spans)
+    serve_spans, worker_spans = _spans(stack.tmp / SERVE_SPANS), _spans(stack.tmp / WORKER_SPANS)
     enqueue = _one(serve_spans, "ecgbridge.enqueue ecgbridge.analyze_ecg", trace_id)
     task = _one(worker_spans, "ecgbridge.analyze_ecg", trace_id)
     model = _one(worker_spans, "ecgbridge.model", trace_id)
@@ -141,12 +123,12 @@ def test_one_trace_spans_the_listener_and_the_worker(stack: Stack) -> None:
         line["trace_id"] == trace_id and line["item_id"] == item_id and line["channel"] == "mllp"
         for line in committed
     ), committed
-    worker_log = _json_lines(stack.worker.log_path)
+    worker_log = _json_lines(worker.log_path)
     assert any("ready." in line["message"] for line in worker_log)  # Celery's own, as JSON
     done = [line for line in worker_log if line.get("item_id") == item_id]
     assert done and all(line["trace_id"] == trace_id for line in done), done
     assert {"ts", "level", "logger", "message"} <= set(done[0])
     patient = sample.record.patient
     assert patient is not None and patient.value
-    for path in (stack.serve.log_path, stack.worker.log_path, stack.serve_spans):
+    for path in (stack.serve.log_path, worker.log_path, stack.tmp / SERVE_SPANS):
         assert patient.value not in path.read_text(errors="replace"), path

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +33,13 @@ from integration.samples import load_samples
 from integration.settings import Settings, get_settings
 from integration.tasks import load_worker_analyzer
 from mappers.hl7v2 import build_oru_r01
-from tests.support.processes import ROOT, EcgbridgeWorker, RedisServer, ecgbridge_env, wait_until
+from tests.support.processes import (
+    EcgbridgeWorker,
+    RedisServer,
+    ecgbridge_env,
+    run_cli,
+    wait_until,
+)
 
 ATOL = 1e-5
 NO_CUDA = not torch.cuda.is_available()
@@ -93,14 +97,7 @@ def test_cuda_without_a_gpu_fails_naming_the_setting() -> None:
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
 def test_worker_refuses_to_start_on_cuda_without_a_gpu(tmp_path: Path) -> None:
     env = ecgbridge_env(device="cuda", data_dir=str(tmp_path / "var"))
-    done = subprocess.run(
-        [sys.executable, "-m", "integration.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli("worker", env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "ECGBRIDGE_DEVICE=cuda" in done.stderr
     assert "no CUDA device" in done.stderr

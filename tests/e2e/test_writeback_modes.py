@@ -32,7 +32,8 @@ from mappers.fhir_r4 import build_report, resource_json
 from mappers.hl7v2 import build_oru_r01
 from mappers.hl7v2_result_out import result_control_id
 from tests.support.fhir_server import FhirServerProcess
-from tests.support.processes import EcgbridgeServe, ecgbridge_env, wait_until
+from tests.support.processes import EcgbridgeServe, wait_until
+from tests.support.stack import ecgbridge_stack
 from tests.support.v2_peer import V2Peer
 
 pytestmark = pytest.mark.e2e
@@ -87,15 +88,15 @@ def _wait_status(serve: EcgbridgeServe, key: str, status: str) -> dict[str, Any]
 def test_transaction_mode_writes_preliminary_then_final(
     fhir: FhirServerProcess, samples: list[Sample], model_version: str, tmp_path: Path
 ) -> None:
-    env = ecgbridge_env(
+    with ecgbridge_stack(
+        tmp_path,
+        broker="embedded",
         writeback_mode="transaction",
         fhir_base_url=fhir.base_url,
-        data_dir=str(tmp_path / "var"),
         explain="true",
-    )
-    with EcgbridgeServe(env, tmp_path / "serve.log", worker=True) as serve:
-        key = _send(serve, samples[0], "TX")
-        item = _wait_status(serve, key, "done")
+    ) as stack:
+        key = _send(stack.serve, samples[0], "TX")
+        item = _wait_status(stack.serve, key, "done")
     report_id = report_identity(key, model_version)
     assert item["report"].startswith(f"DiagnosticReport/{report_id}/_history/")
     base = fhir.base_url
@@ -197,17 +198,19 @@ def test_transaction_refused_by_the_server_is_permanent(
 @pytest.fixture(scope="module")
 def v2_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EcgbridgeServe, V2Peer]]:
     tmp = tmp_path_factory.mktemp("v2")
-    with V2Peer(tmp / "peer") as peer:
-        env = ecgbridge_env(
+    with (
+        V2Peer(tmp / "peer") as peer,
+        ecgbridge_stack(
+            tmp,
+            broker="embedded",
             writeback_mode="hl7v2",
             v2_result_host="127.0.0.1",
             v2_result_port=str(peer.port),
             v2_result_receiving_application="EHR",
-            data_dir=str(tmp / "var"),
             explain="true",
-        )
-        with EcgbridgeServe(env, tmp / "serve.log", worker=True) as serve:
-            yield serve, peer
+        ) as stack,
+    ):
+        yield stack.serve, peer
 
 
 def _messages(peer: V2Peer, report_id: str) -> list[tuple[str, str]]:

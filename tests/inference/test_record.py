@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from inference.errors import EcgValidationError
-from inference.record import LEADS_12, Demographics, EcgRecord
+from inference.fairness import band_of
+from inference.record import AGE_BANDS, LEADS_12, Demographics, EcgRecord
 
 
 def _signals(n_leads: int = 12, n: int = 5000) -> np.ndarray:
@@ -69,3 +70,13 @@ def test_age_band_and_bounds() -> None:
     assert Demographics(age_years=65.5).age_band == ">65"
     with pytest.raises(EcgValidationError):
         Demographics(age_years=300)
+
+
+def test_the_scalar_and_array_age_bands_agree_at_the_edges() -> None:
+    """One definition (`AGE_BANDS` and its edges) serves a record and a cohort alike."""
+    ages = [0.0, 39.999, 40.0, 52.5, 65.0, 65.001, 89.0, 130.0]
+    cohort = band_of(np.array(ages)).tolist()
+    assert cohort == [Demographics(age_years=a).age_band for a in ages]
+    assert cohort == ["<40", "<40", "40-65", "40-65", "40-65", ">65", ">65", ">65"]
+    assert set(cohort) == set(AGE_BANDS)
+    assert Demographics().age_band is None and band_of(np.array([np.nan])).tolist() == [""]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference.evaluate import task_report
 from inference.subgroups import (
     fairness_gaps,
     group_entry,
+    group_figures,
     reliability_curve,
     reliability_png,
     subgroup_audit,
@@ -75,6 +77,36 @@ def test_group_entry_without_positives_has_no_auroc() -> None:
     e = group_entry(np.zeros(30, bool), np.linspace(0, 1, 30), 0.5, n_bootstrap=20, seed=0)
     assert e["auroc"] is None and e["ci95"] is None and e["sensitivity"] is None
     assert e["specificity"] == pytest.approx(15 / 30)
+
+
+def test_the_evaluate_task_entry_and_the_audit_report_the_same_figures() -> None:
+    """`task_report` (per task) and `subgroup_audit` (the triage output) report one set of
+    figures per group: the same numbers wherever both contracts carry them."""
+    y, prob, sex, age, _, _ = _cohort()
+    audit = subgroup_audit(y, prob, 0.5, sex=sex, age_years=age, n_bootstrap=30, seed=4)
+    task = task_report(
+        y.astype(np.float32), prob, threshold=0.5, sex=sex, age_years=age, n_bootstrap=30, seed=4
+    )
+    overall = audit["overall"]
+    for key in ("n", "n_pos", "auroc", "ci95", "sensitivity", "specificity", "ece"):
+        assert task[key] == overall[key], key
+    assert task["sensitivity_ci95"] == overall["sensitivity_ci95"]
+    for dim, names in (("sex", ("male", "female")), ("age_band", ("<40", "40-65", ">65"))):
+        for name in names:
+            entry, sub = audit[dim][name], task["subgroups"][name]
+            assert sub == {k: entry[k] for k in sub}, name
+            assert (task["by_sex"] | task["by_age_band"])[name] == entry["auroc"]
+    assert task["subgroups"]["female"]["sensitivity"] < task["subgroups"]["male"]["sensitivity"]
+
+
+def test_group_figures_of_an_empty_group_are_undefined() -> None:
+    f = group_figures(np.zeros(0, bool), np.zeros(0), 0.5)
+    assert (f.n, f.n_pos) == (0, 0)
+    assert f.auroc is None and f.sensitivity is None and f.specificity is None
+    assert f.sensitivity_ci95 is None and f.ppv is None and f.npv is None
+    assert f.ece is None and f.positive_rate is None
+    some = group_figures(np.array([True, True, False, False]), np.array([0.9, 0.2, 0.7, 0.1]), 0.5)
+    assert (some.ppv, some.npv, some.positive_rate) == (0.5, 0.5, 0.5)
 
 
 def test_reliability_curve_and_png() -> None:

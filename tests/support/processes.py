@@ -146,12 +146,34 @@ class RedisServer(_Process):
 _FAST = {"explain": "false", "report_png": "false", "report_pdf": "false"}
 
 
+def setting_vars(settings: Mapping[str, str]) -> dict[str, str]:
+    """Settings by name (``otel_file``) as the environment variables that set them
+    (``ECGBRIDGE_OTEL_FILE``)."""
+    return {f"ECGBRIDGE_{k.upper()}": v for k, v in settings.items()}
+
+
 def ecgbridge_env(**settings: str) -> dict[str, str]:
     """The environment for an ecgbridge child: this one without ECGBRIDGE_*, plus settings
     (explanations and report pictures off unless given)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECGBRIDGE_")}
-    env.update({f"ECGBRIDGE_{k.upper()}": v for k, v in (_FAST | settings).items()})
+    env.update(setting_vars(_FAST | settings))
     return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``ecgbridge ARGS`` (``python -m integration.cli``) to its end in the repository
+    root; its exit code and output, as text, for the test to judge."""
+    return subprocess.run(
+        [sys.executable, "-m", "integration.cli", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 class EcgbridgeServe(_Process):
