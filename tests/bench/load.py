@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,10 +43,59 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100.0 * (len(s) - 1)))]
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used: user + system) from /proc."""
+    table: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15
+        table[int(entry)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+    return table
+
+
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process tree (a root pid and its descendants),
+    plus every ``postgres`` process (the system PostgreSQL: inbox, audit log)."""
+    table = _proc_table()
+    by_pid = {pid: name for name, pid in roots.items()}
+    out = dict.fromkeys([*roots, "postgres"], 0.0)
+    for pid, (_, comm, cpu) in table.items():
+        if comm == "postgres":
+            out["postgres"] += cpu
+            continue
+        node, seen = pid, 0
+        while node not in by_pid and node in table and seen < 64:
+            node, seen = table[node][0], seen + 1
+        if node in by_pid:
+            out[by_pid[node]] += cpu
+    return out
+
+
+def sender_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the reaped sender processes
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_rate(
-    serve: EcgbridgeServe, fhir: FhirServerProcess, rate: float, duration: float, tmp: Path
+    serve: EcgbridgeServe,
+    fhir: FhirServerProcess,
+    rate: float,
+    duration: float,
+    tmp: Path,
+    roots: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     out = tmp / f"sent-{rate}.json"
+    cpu_before, sender_before = cpu_seconds(roots or {}), sender_cpu_s()
     subprocess.run(
         [
             sys.executable,
@@ -76,6 +127,9 @@ def run_rate(
         return len(stored) == len(rid_to_cid)
 
     wait_until(collect, timeout_s=300, what=f"reports at {rate}/s", interval_s=1.0)
+    cpu_after = cpu_seconds(roots or {})
+    cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before[k]) / len(sent) for k in cpu_after}
+    cpu_ms["sender"] = 1000 * (sender_cpu_s() - sender_before) / len(sent)
     latencies = [stored[r] - sent[c]["sent_at"] for r, c in rid_to_cid.items()]
     first = min(s["sent_at"] for s in sent.values())
     span = max(stored.values()) - first
@@ -99,6 +153,11 @@ def run_rate(
         "ack_p50_ms": 1000 * statistics.median(s["ack_s"] for s in sent.values()),
         "backlog_growing": late > 2 * early + 0.5,
         "stage_median_ms": {k: statistics.median(v) for k, v in stages.items()},
+        # CPU time per ECG by process (the report polling of this bench is not in it): the
+        # machine cannot sustain more than cores / total, whatever the scheduling
+        "cpu_ms_per_ecg": cpu_ms,
+        "cpu_ms_per_ecg_total": sum(cpu_ms.values()),
+        "cpu_bound_ceiling_per_s": (os.cpu_count() or 1) * 1000 / max(sum(cpu_ms.values()), 1e-9),
     }
 
 
@@ -137,13 +196,20 @@ def main(argv: list[str] | None = None) -> int:
             batch_wait_ms=str(args.batch_wait_ms),
         )
         with (
-            EcgbridgeWorker(env, tmp / "worker.log"),
+            EcgbridgeWorker(env, tmp / "worker.log") as worker,
             EcgbridgeServe(env, tmp / "serve.log") as serve,
         ):
             time.sleep(3)
+            roots = {
+                name: proc.proc.pid
+                for name, proc in (("serve", serve), ("worker", worker), ("redis", redis))
+                if proc.proc is not None
+            }
+            if fhir.pid is not None:
+                roots["fhir_server"] = fhir.pid
             for rate in [float(r) for r in args.rates.split(",")]:
                 duration = args.duration if rate >= 5 else max(args.duration, 20.0)
-                r = run_rate(serve, fhir, rate, duration, tmp)
+                r = run_rate(serve, fhir, rate, duration, tmp, roots)
                 results.append(r)
                 print(
                     f"workers={args.workers} {args.writeback_mode} batch {args.batch_max} "
@@ -153,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"ack p50 {r['ack_p50_ms']:.0f} ms  "
                     f"backlog {'GROWING' if r['backlog_growing'] else 'stable'}  stages "
                     + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_median_ms"].items()),
+                    flush=True,
+                )
+                print(
+                    f"    CPU per ECG {r['cpu_ms_per_ecg_total']:.0f} ms ("
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms_per_ecg"].items())
+                    + f"): at most {r['cpu_bound_ceiling_per_s']:.1f} ECG/s on "
+                    f"{os.cpu_count()} cores",
                     flush=True,
                 )
     sustained = [r["rate_per_s"] for r in results if not r["backlog_growing"]]
