@@ -147,7 +147,7 @@ def _ordered(resources: ReportResources) -> list[dict[str, Any]]:
     models = [*resources.observations, resources.diagnostic_report, resources.provenance]
     if resources.audit_event is not None:
         models.append(resources.audit_event)
-    return [resource_json(m) for m in models]
+    return [resources.json_of(m) for m in models]
 
 
 class NdjsonSink(_ModelOnce):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
@@ -295,3 +298,37 @@ def test_bundle_with_the_model_puts_it_first(record: EcgRecord) -> None:
         "DiagnosticReport/m",
     ]
     assert urls[-2:] == ["AuditEvent/m-audit-final", "Provenance/m-provenance"]
+
+
+# ------------------------------------------------ the JSON written is the JSON validated
+
+
+def test_written_json_is_what_the_validated_models_serialise_to(record: EcgRecord) -> None:
+    """Writers send the dicts the models were validated from (serialising through
+    fhir.resources cost ~16 ms per report): they must be exactly the models' own JSON,
+    UTC instants as ``Z`` included; and a model swapped in later is serialised."""
+    east = datetime(2026, 11, 2, 11, 0, tzinfo=timezone(timedelta(hours=2)))
+    for issued in (NOW, east):
+        res = build_report(result(), record, report_id="j", issued=issued)
+        models = [res.diagnostic_report, *res.observations, res.provenance]
+        assert all(id(m) in res.validated_json for m in models)
+        for m in [*models, res.audit_event]:
+            assert m is not None
+            assert res.json_of(m) == resource_json(m)
+        assert res.json_of(res.diagnostic_report) is not res.json_of(res.diagnostic_report)
+    swapped_in = DiagnosticReport.model_validate(
+        resource_json(res.diagnostic_report) | {"status": "amended"}
+    )
+    swapped = replace(res, diagnostic_report=swapped_in)
+    assert swapped.json_of(swapped_in)["status"] == "amended"
+
+
+def test_transaction_bundle_entries_are_the_validated_json(record: EcgRecord) -> None:
+    res = build_report(result(), record, report_id="t", issued=NOW)
+    bundle = report_bundle(res)
+    Bundle.model_validate(bundle)  # the whole Bundle is valid R4, entries included
+    by_ref = {f"{e['resourceType']}/{e['id']}": e for e in map(res.json_of, res.observations)}
+    for entry in bundle["entry"]:
+        data = entry["resource"]
+        if data["resourceType"] == "Observation":
+            assert data == by_ref[f"Observation/{data['id']}"]
