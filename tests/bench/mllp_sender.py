@@ -54,11 +54,15 @@ def main() -> int:
                     sent[cid] = {"sent_at": t0, "ack_s": time.time() - t0, "ack": code}
 
     threads = [threading.Thread(target=lane, args=(k,)) for k in range(args.connections)]
+    cpu0 = time.process_time()  # the messages above are built before the clock starts
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     args.out.write_text(json.dumps(sent))
+    # CPU this process spent sending (it shares the machine's cores with the system under test)
+    cpu_path = args.out.with_name(args.out.name + ".cpu")
+    cpu_path.write_text(json.dumps({"sending_cpu_s": time.process_time() - cpu0}))
     return 0
 
 
