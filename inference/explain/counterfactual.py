@@ -46,13 +46,24 @@ the same Einthoven/Goldberger equations the analyzer uses.
    the model's decision on these records does not rest on one or two leads.
 3. *Pruning.* Edits whose removal keeps the flip are dropped (one batch per round; only
    up to `PRUNE_MAX` edits).
-4. *Joint refinement* (minimax, the target is the largest |edit| in mV): at the current
-   edit, linearise the logit with one gradient and solve for the smallest ``t`` such that
-   every kept unit at ``sign(gradient) * min(t, bound)`` crosses; one batch evaluates
-   ``t`` times `REFINE_STEPS`, and the smallest crossing point is taken when it lowers the
-   largest |edit|; `REFINE_ROUNDS` rounds.
-5. *Line search down.* Each kept edit, largest first, is shrunk to the smallest `SHRINK`
-   fraction that still crosses (one batch each).
+4. *Joint refinement* (`_refine`, minimax over the kept units: the target is the largest
+   |edit| in mV): at the current edit, linearise the logit with one gradient and solve for
+   the smallest ``t`` such that every kept unit at ``sign(gradient) * min(t, bound)``
+   crosses; one batch evaluates ``t`` times `REFINE_STEPS`, and the smallest crossing
+   point is taken when it lowers the largest |edit|.
+5. *Minimax over the chosen leads* (`_minimax`): the same linearised cap, now over every
+   unit of the leads already chosen (ST, T and one QRS wave per lead, not only the units
+   the search pushed), for `MINIMAX_ROUNDS` rounds; each round evaluates a few caps and
+   the current edit clipped below its cap in one batch (with gradients, so the next round
+   linearises at the decision boundary). Spreading the change over a lead's ST, T and QRS
+   lowers the largest edit without editing another lead. Only when the largest edit still
+   reports at `SMALL_EDIT_MV` or more may the lead set change: a one-lead counterfactual
+   may take a second lead, a two-lead one tries the two most promising leads instead,
+   and one that needs more than two leads anyway may take `MORE_LEADS` more; the new set
+   is kept only when it lowers the largest edit by `MINIMAX_LEAD_GAIN`. A counterfactual
+   on one or two leads thus stays on at most two (the target is a median of two).
+6. *Line search down.* The edits at the largest |edit| are shrunk, one at a time, to the
+   smallest `SHRINK` fraction that still crosses (one batch each), while each can be.
 
 Why not the RELAX policy of the issue's seed idea: a reinforcement-learning policy needs a
 training loop of its own, its edits still have to be verified, and it gives no guarantee of
@@ -119,9 +130,28 @@ PRUNE_MAX = 6
 #: The search aims this far (logit units) past the threshold, so float and rounding noise
 #: cannot undo the flip.
 MARGIN_LOGIT = 0.03
-#: Multiples of the linearised minimax radius evaluated per refinement round; rounds.
+#: Multiples of the linearised minimax cap evaluated by the refinement of the kept units
+#: (one round).
 REFINE_STEPS = (0.9, 1.1, 1.4)
-REFINE_ROUNDS = 1
+#: Minimax refinement over every unit of the chosen leads: rounds (one batch each, with
+#: gradients but the last), the multiples of the linearised cap evaluated per round, and
+#: the smallest share of the needed logit change a unit must carry at the cap to be edited
+#: at all.
+MINIMAX_ROUNDS = 3
+MINIMAX_STEPS = (0.95, 1.1, 1.3)
+MINIMAX_MIN_SHARE = 0.05
+#: Each round also tries the current edit clipped to this fraction of its largest |edit|.
+MINIMAX_CLIP = 0.8
+#: The lead sets the refinement may try (`_other_leads`): up to this many leads (the
+#: target is a median of at most 2), or this many more for a counterfactual that needs
+#: more anyway; a new set is kept when it lowers the largest |edit| by this share.
+MINIMAX_LEADS = 2
+MORE_LEADS = 2
+MINIMAX_LEAD_GAIN = 0.1
+#: The lead set may change only while the largest |edit|, rounded up to the report's
+#: 0.01 mV grid, is at least this (mV): a smaller edit already reads as small, and fewer
+#: leads read better.
+SMALL_EDIT_MV = 0.3
 #: Fractions tried when shrinking a kept edit.
 SHRINK = (0.5, 0.75)
 
@@ -205,7 +235,9 @@ class EditSpace:
 @dataclass(frozen=True)
 class SearchResult:
     """The edit matrix (12, 4) in mV, the order edits were added in ((lead, kind index)),
-    the model's mean MI logit before and after, and whether the search crossed."""
+    the model's mean MI logit before and after, and whether the search crossed;
+    `unrefined`: the crossing edit before the refinements (steps 4-6 of the module
+    docstring), None when the search did not cross."""
 
     edits: npt.NDArray[np.float64]
     order: tuple[tuple[int, int], ...]
@@ -213,6 +245,7 @@ class SearchResult:
     z_after: float
     crossed: bool
     n_evaluations: int
+    unrefined: npt.NDArray[np.float64] | None = None
 
 
 class _Problem:
@@ -239,6 +272,16 @@ class _Problem:
         (g,) = torch.autograd.grad(z, p)
         return float(z.detach()), g[0].double().numpy()
 
+    def values_and_grads(
+        self, batch: torch.Tensor
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Logits (B,) and their gradients (B, 12, 4) of a batch of edit matrices."""
+        self.n_evals += int(batch.shape[0])
+        p = batch.clone().requires_grad_(True)
+        z = self.logit_fn(self.space.inputs(p))[:, self.task]
+        (g,) = torch.autograd.grad(z.sum(), p)
+        return z.detach().double().numpy(), g.double().numpy()
+
     def crossed(self, z: npt.NDArray[np.float64] | float) -> npt.NDArray[np.bool_]:
         zz = np.asarray(z, dtype=np.float64)
         out: npt.NDArray[np.bool_] = self.sign * (zz - self.target) >= 0.0
@@ -253,9 +296,9 @@ def search(
     z_threshold: float,
     max_edits: int = MAX_EDITS,
 ) -> SearchResult:
-    """Greedy gradient-ranked selection, pruning, joint minimax refinement and shrinking
-    (module docstring) of the edit that moves the mean logit of `task` across
-    `z_threshold`, from positive to negative or back."""
+    """Greedy gradient-ranked selection, pruning, minimax refinement over the kept units
+    and then over the chosen leads, and shrinking (module docstring) of the edit that moves
+    the mean logit of `task` across `z_threshold`, from positive to negative or back."""
     pb = _Problem(logit_fn, space, task)
     d = torch.zeros(space.x0.shape[0], len(EDIT_KINDS), dtype=torch.float32)
     z0, grad = pb.value_and_grad(d)
@@ -297,9 +340,11 @@ def search(
     if not pb.crossed(z):
         return SearchResult(d.double().numpy(), tuple(order), z0, z, False, pb.n_evals)
     d, order, z = _prune(pb, d, order, z)
+    unrefined = d.double().numpy()
     d, z = _refine(pb, d, order, z)
+    d, order, z = _minimax(pb, d, order, z)
     d, z = _shrink(pb, d, order, z)
-    return SearchResult(d.double().numpy(), tuple(order), z0, z, True, pb.n_evals)
+    return SearchResult(d.double().numpy(), tuple(order), z0, z, True, pb.n_evals, unrefined)
 
 
 def _joint(pb: _Problem, d: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], float]:
@@ -360,32 +405,160 @@ def _prune(
 def _refine(
     pb: _Problem, d: torch.Tensor, order: list[tuple[int, int]], z: float
 ) -> tuple[torch.Tensor, float]:
-    """Joint minimax refinement of the kept units (module docstring, step 3)."""
+    """Joint minimax refinement of the kept units (module docstring, step 4)."""
     leads = [u[0] for u in order]
     kinds = [u[1] for u in order]
     bounds = pb.space.bounds[leads, kinds]
-    for _ in range(REFINE_ROUNDS):
-        _, grad = pb.value_and_grad(d)
-        g = pb.sign * grad[leads, kinds]  # logit gain per mV towards the target
-        if not np.any(g != 0.0):
-            break
-        s = np.sign(g)
-        cur = d[leads, kinds].double().numpy()
-        need = pb.sign * (pb.target - z) + float(g @ cur)  # linear gain needed from zero
-        t = _radius(np.abs(g), bounds, need)
-        largest = float(np.abs(cur).max())
-        ts = [min(t * f, largest) for f in REFINE_STEPS if t * f < largest]
-        if not ts:
-            break
-        batch = d[None].repeat(len(ts), 1, 1)
+    _, grad = pb.value_and_grad(d)
+    g = pb.sign * grad[leads, kinds]  # logit gain per mV towards the target
+    if not np.any(g != 0.0):
+        return d, z
+    cur = d[leads, kinds].double().numpy()
+    need = pb.sign * (pb.target - z) + float(g @ cur)  # linear gain needed from zero
+    t = _radius(np.abs(g), bounds, need)
+    largest = float(np.abs(cur).max())
+    ts = [min(t * f, largest) for f in REFINE_STEPS if t * f < largest]
+    if not ts:
+        return d, z
+    batch = d[None].repeat(len(ts), 1, 1)
+    for i, tt in enumerate(ts):
+        batch[i, leads, kinds] = torch.from_numpy(np.sign(g) * np.minimum(tt, bounds)).float()
+    zs = pb.evaluate(batch)
+    ok = np.flatnonzero(pb.crossed(zs))
+    if not ok.size:
+        return d, z
+    return batch[int(ok[0])].clone(), float(zs[int(ok[0])])
+
+
+def _lead_units(
+    pb: _Problem,
+    leads: list[int],
+    grad: npt.NDArray[np.float64],
+    cap: float,
+    keep: list[tuple[int, int]],
+) -> list[tuple[int, int]]:
+    """Every editable unit of `leads`: ST, T and one QRS wave (the one `keep` already
+    edits, else the one whose gradient promises more at `cap`); `keep` first."""
+    bounds = pb.space.bounds
+    units = list(keep)
+    for lead in leads:
+        for kind in (0, 1):
+            if bounds[lead, kind] > 0.0 and (lead, kind) not in units:
+                units.append((lead, kind))
+        if not any((lead, k) in units for k in _QRS_KINDS):
+            gain = [abs(grad[lead, k]) * min(bounds[lead, k], cap) for k in _QRS_KINDS]
+            if max(gain) > 0.0:
+                units.append((lead, _QRS_KINDS[int(np.argmax(gain))]))
+    return units
+
+
+def _cap_rounds(
+    pb: _Problem,
+    d: torch.Tensor,
+    z: float,
+    units: list[tuple[int, int]],
+    start: tuple[torch.Tensor, float, npt.NDArray[np.float64]],
+) -> tuple[torch.Tensor, float, float]:
+    """`MINIMAX_ROUNDS` rounds of the minimax search on `units` (every other unit at zero),
+    below the crossing edit `d` (logit `z`); `start`: the edit, logit and gradient to
+    linearise at first. Returns the crossing edit with the smallest cap found (`d` when
+    none is below its cap), its logit and its cap."""
+    leads = [u[0] for u in units]
+    kinds = [u[1] for u in units]
+    bounds = pb.space.bounds[leads, kinds]
+    mask = torch.zeros_like(d)
+    mask[leads, kinds] = 1.0
+    cap = float(np.abs(d.double().numpy()).max())
+    at_d, at_z, at_g = start
+    for r in range(MINIMAX_ROUNDS):
+        g = pb.sign * at_g[leads, kinds]  # logit gain per mV towards the target
+        gain = np.abs(g)
+        # linear gain needed from a zero edit (the units outside `units` drop to zero)
+        need = pb.sign * (pb.target - at_z + float(np.sum(at_g * at_d.double().numpy())))
+        t = _radius(gain, bounds, need)
+        keep = gain * np.minimum(t, bounds) >= MINIMAX_MIN_SHARE * need
+        if keep.any():
+            t = _radius(np.where(keep, gain, 0.0), bounds, need)
+        ts = [t * f for f in MINIMAX_STEPS if keep.any() and t * f < cap - 0.005]
+        batch = torch.zeros((len(ts) + 1, *d.shape), dtype=torch.float32)
         for i, tt in enumerate(ts):
-            batch[i, leads, kinds] = torch.from_numpy(s * np.minimum(tt, bounds)).float()
-        zs = pb.evaluate(batch)
-        ok = np.flatnonzero(pb.crossed(zs))
-        if not ok.size:
+            batch[i, leads, kinds] = torch.from_numpy(
+                np.where(keep, np.sign(g) * np.minimum(tt, bounds), 0.0)
+            ).float()
+        # the current edit clipped: progress where the linearisation misleads
+        clip_cap = MINIMAX_CLIP * cap
+        batch[-1] = torch.clamp(d, -clip_cap, clip_cap) * mask
+        ts.append(clip_cap)
+        last = r == MINIMAX_ROUNDS - 1
+        zs, gs = (pb.evaluate(batch), None) if last else pb.values_and_grads(batch)
+        ok = np.flatnonzero(pb.crossed(zs)).tolist()
+        if ok:
+            i = min(ok, key=lambda k: ts[k])
+            d, z, cap = batch[i].clone(), float(zs[i]), float(ts[i])
+            below = [k for k in range(len(ts)) if ts[k] < cap]
+            j = max(below, key=lambda k: ts[k]) if below else i  # the boundary from below
+        else:
+            j = int(np.argmax(pb.sign * zs))
+        if gs is None:
             break
-        d, z = batch[int(ok[0])].clone(), float(zs[int(ok[0])])
-    return d, z
+        at_d, at_z, at_g = batch[j].clone(), float(zs[j]), gs[j]
+    return d, z, cap
+
+
+def _reported(cap: float) -> float:
+    """`cap` rounded up to the report's 0.01 mV grid."""
+    return float(np.ceil(round(cap * 100.0, 6)) / 100.0)
+
+
+def _minimax(
+    pb: _Problem, d: torch.Tensor, order: list[tuple[int, int]], z: float
+) -> tuple[torch.Tensor, list[tuple[int, int]], float]:
+    """Minimax refinement over every unit of the chosen leads (module docstring, step 5).
+    Per round, linearise the logit and solve for the smallest cap ``t`` such that every
+    unit at ``sign(gradient) * min(t, bound)`` crosses (units whose share of the needed
+    change would be below `MINIMAX_MIN_SHARE` stay at zero); one batch evaluates ``t``
+    times `MINIMAX_STEPS` and the current edit clipped to `MINIMAX_CLIP` of its cap (with
+    gradients, to linearise the next round at the boundary), and the smallest crossing cap
+    below the current largest |edit| is kept. When the largest |edit| still reports at
+    `SMALL_EDIT_MV` or more, the lead set may change (`_other_leads`); a new set is kept
+    when it lowers the cap by `MINIMAX_LEAD_GAIN` or more. The largest |edit| never grows.
+    Returns the edit, its units in order (`order`'s first, zero edits left out), and the
+    logit."""
+    leads = list(dict.fromkeys(m for m, _ in order))
+    cap = float(np.abs(d.double().numpy()).max())
+    z_at, grad = pb.value_and_grad(d)
+    units = _lead_units(pb, leads, grad, cap, order)
+    d, z, cap = _cap_rounds(pb, d, z, units, (d, z_at, grad))
+    if _reported(cap) >= SMALL_EDIT_MV:
+        z_at, grad = pb.value_and_grad(d)
+        other = _other_leads(pb, leads, grad, cap)
+        if other is not None:
+            more = _lead_units(pb, other, grad, cap, [u for u in units if u[0] in other])
+            d2, z2, cap2 = _cap_rounds(pb, d, z, more, (d, z_at, grad))
+            if cap2 <= cap * (1.0 - MINIMAX_LEAD_GAIN):
+                d, z, units = d2, z2, more
+    dn = d.double().numpy()
+    kept = [u for u in order if dn[u] != 0.0]
+    return d, kept + [u for u in units if u not in kept and dn[u] != 0.0], z
+
+
+def _other_leads(
+    pb: _Problem, leads: list[int], grad: npt.NDArray[np.float64], cap: float
+) -> list[int] | None:
+    """The lead set the refinement tries next (None: none), by the logit change each lead's
+    units promise at `cap` (ST, T and the better QRS wave): a counterfactual on fewer than
+    `MINIMAX_LEADS` leads is filled up to that many; one on exactly that many tries the
+    `MINIMAX_LEADS` most promising leads instead (when they differ); one that needs more
+    leads anyway may take `MORE_LEADS` more."""
+    promise = np.abs(grad) * np.minimum(pb.space.bounds, cap)
+    per_lead = promise[:, 0] + promise[:, 1] + promise[:, list(_QRS_KINDS)].max(axis=1)
+    ranked = [int(m) for m in np.argsort(-per_lead) if per_lead[m] > 0.0]
+    if len(leads) == MINIMAX_LEADS:
+        best = ranked[:MINIMAX_LEADS]
+        return best if len(best) == MINIMAX_LEADS and set(best) != set(leads) else None
+    n = MINIMAX_LEADS - len(leads) if len(leads) < MINIMAX_LEADS else MORE_LEADS
+    extra = [m for m in ranked if m not in leads][:n]
+    return leads + extra if extra else None
 
 
 def _radius(gain: npt.NDArray[np.float64], bounds: npt.NDArray[np.float64], need: float) -> float:
@@ -406,16 +579,21 @@ def _radius(gain: npt.NDArray[np.float64], bounds: npt.NDArray[np.float64], need
 def _shrink(
     pb: _Problem, d: torch.Tensor, order: list[tuple[int, int]], z: float
 ) -> tuple[torch.Tensor, float]:
-    """Shrink each kept edit, largest first, to the smallest `SHRINK` fraction that still
-    crosses."""
+    """Shrink the edits at the largest |edit|, one at a time, to the smallest `SHRINK`
+    fraction that still crosses; stop at the first that cannot shrink (the largest |edit|
+    then stays)."""
     shrink = torch.tensor(SHRINK, dtype=torch.float32)
-    for lead, kind in sorted(order, key=lambda u: -abs(float(d[u[0], u[1]]))):
+    cap = max(abs(float(d[u])) for u in order)
+    for lead, kind in order:
+        if abs(float(d[lead, kind])) < cap - 0.005:
+            continue  # shrinking it cannot lower the largest |edit|
         batch = d[None].repeat(len(SHRINK), 1, 1)
         batch[:, lead, kind] = d[lead, kind] * shrink
         zs = pb.evaluate(batch)
         ok = np.flatnonzero(pb.crossed(zs))
-        if ok.size:
-            d, z = batch[int(ok[0])].clone(), float(zs[int(ok[0])])
+        if not ok.size:
+            break
+        d, z = batch[int(ok[0])].clone(), float(zs[int(ok[0])])
     return d, z
 
 

@@ -77,7 +77,7 @@ METHOD = (
 )
 CF_METHOD = (
     "greedy gradient-ranked ST/T/QRS edit search with batched line search, joint fallback, "
-    "pruning, minimax refinement and shrinking"
+    "pruning, minimax refinement over every ST/T/QRS unit of the chosen leads and shrinking"
 )
 #: Attributions listed in the JSON and highlighted in the picture.
 TOP_ATTRIBUTIONS = 5

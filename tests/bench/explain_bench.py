@@ -6,8 +6,8 @@ triage attributions (not timed as part of the explanation). Reported:
 
 * counterfactual validity (share of explained records whose edited record flips the
   analyzer's decision; target >= 95 %), by direction;
-* median number of leads edited (target <= 2) and median largest |edit| (target < 0.3 mV)
-  over the valid counterfactuals; share of edits inside the bounds (must be 100 %); the
+* median number of leads edited (target <= 2) and median (and p90) largest |edit| (target
+  < 0.3 mV) over the valid counterfactuals; share of edits inside the bounds (must be 100 %); the
   largest sample-to-sample step of any edit (smoothness);
 * deletion test: mean |change of the MI logit| after removing the top-3 attributed (lead,
   segment) units vs 3 random units (mean of 8 draws), paired over records (mean difference
@@ -183,7 +183,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "share_valid_with_more_than_4_leads": (
                 sum(r["n_leads"] > 4 for r in valid) / len(valid) if valid else None
             ),
+            "share_valid_with_at_most_2_leads": (
+                sum(r["n_leads"] <= 2 for r in valid) / len(valid) if valid else None
+            ),
             "median_max_abs_edit_mv": _pct([r["max_abs_edit_mv"] for r in valid], 50),
+            "p90_max_abs_edit_mv": _pct([r["max_abs_edit_mv"] for r in valid], 90),
             "share_valid_with_max_edit_below_0_3_mv": (
                 sum(r["max_abs_edit_mv"] < 0.3 for r in valid) / len(valid) if valid else None
             ),

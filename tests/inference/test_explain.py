@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 
@@ -28,15 +30,22 @@ from inference.explain import (
     Explanation,
     RulesError,
     RuleTree,
+    counterfactual,
     measure,
 )
 from inference.explain.attribution import remove_units
 from inference.explain.counterfactual import (
     EDIT_KINDS,
     MIN_WAVE_MV,
+    MINIMAX_LEAD_GAIN,
+    MINIMAX_LEADS,
+    MORE_LEADS,
+    EditSpace,
+    SearchResult,
     edit_bounds,
     logit_threshold,
     round_away,
+    search,
 )
 from inference.explain.rules import feature_names, load_rules
 from inference.explain.segments import (
@@ -254,6 +263,141 @@ def test_valid_counterfactual_flips_the_analyzers_own_decision(
         assert cf.valid == (after.positive != before.positive)
         n_valid += cf.valid
     assert n_valid >= 2
+
+
+def _linear_problem(
+    weights: npt.NDArray[np.float64],
+) -> tuple[EditSpace, Callable[[torch.Tensor], torch.Tensor]]:
+    """An edit space whose model input is the edit matrix itself and a model whose logit is
+    linear in it (`weights`: logit per mV of each (lead, kind)): the minimax optimum on a
+    set of units is known in closed form. Bounds: ST 0.5, T 0.8, no Q, R 0.3 mV."""
+    n = 12 * len(EDIT_KINDS)
+    basis = torch.zeros(12, len(EDIT_KINDS), n)
+    for lead in range(12):
+        for kind in range(len(EDIT_KINDS)):
+            basis[lead, kind, lead * len(EDIT_KINDS) + kind] = 1.0
+    bounds = np.tile([0.5, 0.8, 0.0, 0.3], (12, 1))
+    space = EditSpace(torch.zeros(12, n), basis, torch.eye(12), bounds, clip=1e6)
+    w = torch.from_numpy(weights.ravel()).float()
+
+    def logit_fn(x: torch.Tensor) -> torch.Tensor:
+        return (x.sum(dim=1) * w).sum(dim=-1, keepdim=True)
+
+    return space, logit_fn
+
+
+def _leads(edits: npt.NDArray[np.float64]) -> set[int]:
+    return {int(m) for m in np.flatnonzero(np.abs(edits).max(axis=1) > 0.0)}
+
+
+def test_minimax_spreads_the_edit_over_the_leads_units() -> None:
+    """Linear model: the search's single ST edit of 0.5 mV on lead 0 is spread over that
+    lead's ST, T and R until the largest edit is within 15 % of the exact minimax optimum
+    (target 0.6 + margin = 0.63 over gains 2 + 1.5 + 1 per mV: 0.14 mV); no other lead."""
+    weights = np.tile([0.1, 0.1, 0.0, 0.1], (12, 1))
+    weights[0] = [2.0, 1.5, 0.0, 1.0]
+    space, logit_fn = _linear_problem(weights)
+    res = search(logit_fn, space, task=0, z_threshold=0.6)
+    assert res.crossed and res.unrefined is not None and res.order[0] == (0, 0)
+    assert np.abs(res.unrefined).max() == pytest.approx(0.5)
+    optimum = (0.6 + counterfactual.MARGIN_LOGIT) / 4.5
+    assert optimum - 1e-6 <= np.abs(res.edits).max() <= 1.15 * optimum
+    assert _leads(res.edits) == {0} and np.count_nonzero(res.edits) == 3
+    assert np.all(np.abs(res.edits) <= space.bounds + 1e-6)
+    assert float((res.edits * weights).sum()) >= 0.6 + counterfactual.MARGIN_LOGIT - 1e-6
+    assert set(res.order) == {(0, 0), (0, 1), (0, 3)}
+
+
+def test_minimax_takes_a_second_lead_only_for_a_large_edit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lead 0 alone needs about 0.45 mV (only its ST is strong); a second lead brings the
+    largest edit far below 0.3 mV. With lead changes off the refinement keeps lead 0 only."""
+    weights = np.tile([0.1, 0.1, 0.0, 0.1], (12, 1))
+    weights[0] = [4.0, 0.2, 0.0, 0.2]
+    weights[1] = [3.0, 2.0, 0.0, 1.0]
+    space, logit_fn = _linear_problem(weights)
+    with monkeypatch.context() as m:
+        m.setattr(counterfactual, "SMALL_EDIT_MV", math.inf)
+        alone = search(logit_fn, space, task=0, z_threshold=1.6)
+    assert alone.crossed and _leads(alone.edits) == {0}
+    cap_alone = float(np.abs(alone.edits).max())
+    assert cap_alone >= counterfactual.SMALL_EDIT_MV
+    res = search(logit_fn, space, task=0, z_threshold=1.6)
+    assert res.crossed and _leads(res.edits) == {0, 1}
+    assert float(np.abs(res.edits).max()) <= (1 - MINIMAX_LEAD_GAIN) * cap_alone
+    assert float(np.abs(res.edits).max()) < 0.25
+    assert res.order[0] == (0, 0)  # the search's first edit stays first (the rules)
+
+
+Searched = tuple[EcgRecord, SearchResult, EditSpace, npt.NDArray[np.float64], dict[int, int]]
+
+
+@pytest.fixture(scope="module")
+def searched(explainer: Explainer, chosen: list[EcgRecord], analyzer: Analyzer) -> list[Searched]:
+    """The counterfactual search on the chosen records, with the edit space, the edit
+    shapes and the model lead -> record row map."""
+    meta = analyzer.weights.meta
+    z_threshold = logit_threshold(meta.calibration["mi"], meta.thresholds["mi"])
+    out = []
+    for record in chosen:
+        leads = record.signals_mv.astype(np.float32)
+        delin = delineate(leads, record.fs_hz, LEADS_12)
+        space, shapes, rows = explainer.edit_space(record, leads, delin)
+        res = search(explainer.logits, space, task=meta.tasks.index("mi"), z_threshold=z_threshold)
+        out.append((record, res, space, shapes, rows))
+    return out
+
+
+def test_refined_counterfactual_is_valid_in_bounds_and_never_larger(
+    explainer: Explainer, searched: list[Searched]
+) -> None:
+    """On real records: the refined edit, rounded as reported and applied to the waveform,
+    still flips the analyzer's decision; it stays inside the bounds; its largest edit is
+    never larger than the search's edit before refinement; a lead set changes only to
+    lower the largest edit by `MINIMAX_LEAD_GAIN`, within the documented lead counts."""
+    lowered = 0.0
+    for record, res, space, shapes, rows in searched:
+        assert res.crossed and res.unrefined is not None
+        before = float(np.abs(res.unrefined).max())
+        after = float(np.abs(res.edits).max())
+        assert after <= before + 1e-6
+        lowered = max(lowered, before - after)
+        n_before, leads_after = len(_leads(res.unrefined)), _leads(res.edits)
+        if not leads_after <= _leads(res.unrefined):
+            assert after <= (1 - MINIMAX_LEAD_GAIN) * before + 1e-6
+            assert len(leads_after) <= max(MINIMAX_LEADS, n_before + MORE_LEADS)
+        p0 = explainer.probability(record.signals_mv, record.fs_hz)
+        d = round_away(res.edits, space.bounds)
+        assert np.all(np.abs(d) <= space.bounds + 1e-9)
+        assert {(int(m), int(k)) for m, k in zip(*np.nonzero(d), strict=True)} <= set(res.order)
+        edited = record.signals_mv.astype(np.float64)
+        for m, row in rows.items():
+            edited[row] += d[m] @ shapes[m]
+        p1 = explainer.probability(edited.astype(np.float32), record.fs_hz)
+        assert (p1 >= explainer.threshold) != (p0 >= explainer.threshold)
+    assert lowered >= 0.05  # the refinement does lower a largest edit on these records
+
+
+def test_refinement_without_lead_changes_keeps_the_leads(
+    explainer: Explainer,
+    chosen: list[EcgRecord],
+    analyzer: Analyzer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With lead changes off, the refinement edits the same leads (or fewer) as the search
+    chose, and its largest edit is never larger."""
+    monkeypatch.setattr(counterfactual, "SMALL_EDIT_MV", math.inf)
+    meta = analyzer.weights.meta
+    z_threshold = logit_threshold(meta.calibration["mi"], meta.thresholds["mi"])
+    for record in chosen:
+        leads = record.signals_mv.astype(np.float32)
+        space, _, _ = explainer.edit_space(record, leads, delineate(leads, record.fs_hz, LEADS_12))
+        res = search(explainer.logits, space, task=meta.tasks.index("mi"), z_threshold=z_threshold)
+        assert res.crossed and res.unrefined is not None
+        assert _leads(res.edits) <= _leads(res.unrefined)
+        assert np.abs(res.edits).max() <= np.abs(res.unrefined).max() + 1e-6
+        assert np.all(np.abs(res.edits) <= space.bounds + 1e-6)
 
 
 def test_deletion_of_top_segments_moves_the_output_more(
