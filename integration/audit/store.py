@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from integration.audit.codec import EntryRow
@@ -403,10 +403,10 @@ class SqlStore:
         ``conn`` (a connection to this same database): they commit or roll back with it.
         False when the index is taken; ``ON CONFLICT DO NOTHING`` keeps the caller's
         transaction usable, so the caller catches up and tries the next index in it."""
-        if conn.dialect.name != self._engine.dialect.name:
+        if _database_of(conn.engine.url) != _database_of(self._engine.url):
             raise AuditStoreError(
-                f"the audit log is on {self._engine.dialect.name}, the transaction on "
-                f"{conn.dialect.name}: one commit needs one database"
+                f"the audit log is on {_database_of(self._engine.url)}, the transaction on "
+                f"{_database_of(conn.engine.url)}: one commit needs one database"
             )
         stmt = _PG_INSERT_UNLESS_TAKEN if self._pg else _SQLITE_INSERT_UNLESS_TAKEN
         try:
@@ -519,3 +519,9 @@ def _head_values(head: TreeHead) -> dict[str, Any]:
         "key_id": head.key_id,
         "signature": head.signature,
     }
+
+
+def _database_of(url: URL) -> str:
+    """Which database a URL names (driver and password left out): two engines on the same
+    database may share a commit, two databases of one kind may not."""
+    return f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
