@@ -42,6 +42,7 @@ from integration.audit import AuditEvent, EventKind, Outcome
 from integration.auditing import Auditor, patient_of
 from mappers.fhir_json import resource_json
 from mappers.fhir_report import AIAST, MODEL_SYSTEM
+from mappers.profiles import ED_ALERT_PROFILE
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,12 @@ def build_communication(
     sent: datetime,
     ack_url: str,
 ) -> Communication:
-    """The ED alert as a FHIR R4 Communication (validated with `fhir.resources.R4B`)."""
+    """The ED alert as a FHIR R4 Communication (validated with `fhir.resources.R4B`),
+    declaring the ``ecgbridge-ed-alert`` profile."""
     data: dict[str, Any] = {
         "resourceType": "Communication",
         "id": alert_id,
-        "meta": {"security": [AIAST]},
+        "meta": {"profile": [ED_ALERT_PROFILE], "security": [AIAST]},
         "identifier": [{"system": ALERT_SYSTEM, "value": alert_id}],
         "status": "completed",
         "category": [{"coding": [{"system": _COMM_CATEGORY, "code": "alert"}]}],

@@ -16,7 +16,7 @@ Two ``rest`` entries, because ecgbridge plays both parts:
   ``PUT [type]/[id]`` (update-as-create): the DiagnosticReport and its Observations, their
   Provenance and the AuditEvent of each write, the model as a Device and its model-card
   DocumentReference (once per model version), all declaring the project's profiles
-  (``supportedProfile``), and the ED-alert Communication.
+  (``supportedProfile``), and the ED-alert Communication (profile ``ecgbridge-ed-alert``).
 
 ``instantiates`` is not used: it names other CapabilityStatements, not profiles. The profiles
 are in ``supportedProfile`` (and ``profile``) of the resources they constrain.
@@ -37,6 +37,7 @@ from mappers.profiles import (
     AI_OBSERVATION_PROFILE,
     AI_PROVENANCE_PROFILE,
     CANONICAL_ROOT,
+    ED_ALERT_PROFILE,
     MODEL_CARD_PROFILE,
     REPORT_AUDIT_PROFILE,
     REPORT_PROFILE,
@@ -157,6 +158,8 @@ def capability_statement(
             },
             {
                 "type": "Communication",
+                "profile": ED_ALERT_PROFILE,
+                "supportedProfile": [ED_ALERT_PROFILE],
                 "documentation": "ED alert for a high-risk result (when alerts are configured).",
                 "interaction": _interactions(("update", written)),
             },

@@ -50,6 +50,7 @@ from mappers.profiles import (
     AI_OBSERVATION_PROFILE,
     AI_PROVENANCE_PROFILE,
     CANONICAL_ROOT,
+    ED_ALERT_PROFILE,
     MODEL_CARD_PROFILE,
     PROFILES_DIR,
     PROFILES_VERSION,
@@ -69,6 +70,10 @@ PUBLISHER: Final[str] = "ecgbridge"
 _MEDPLUM_META_ONLY: Final[frozenset[str]] = frozenset(
     {"project", "author", "onBehalfOf", "account", "accounts", "compartment"}
 )
+#: The ED alert's identifier system and category (`integration.alerts`, which `mappers` may not
+#: import; tests/mappers/test_profiles.py checks they are the same).
+ALERT_IDENTIFIER_SYSTEM: Final[str] = "urn:ecgbridge:alert"
+COMMUNICATION_CATEGORY: Final[str] = "http://terminology.hl7.org/CodeSystem/communication-category"
 AIAST_PATTERN: Final[JSON] = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
     "code": "AIAST",
@@ -992,6 +997,121 @@ def audit_differential() -> list[JSON]:
     ]
 
 
+def ed_alert_differential() -> list[JSON]:
+    """The ED alert (`integration.alerts.build_communication`): what it always writes, and
+    nothing it does not. ``subject`` stays 0..1: an ECG without a patient (a file) still
+    alerts, and a profile that refused it would lose the alert."""
+    root = "Communication"
+    return [
+        {
+            "id": root,
+            "path": root,
+            "short": "ED alert for a high-risk AI ECG triage (decision support, not a diagnosis)",
+            "definition": "The STAT alert ecgbridge sends about one high-risk ECG report.",
+            "constraint": [
+                _invariant(
+                    "ecgal-identifier",
+                    f"The alert is identified as {ALERT_IDENTIFIER_SYSTEM}|<alert id>",
+                    f"identifier.where(system = '{ALERT_IDENTIFIER_SYSTEM}' and value.exists())"
+                    ".exists()",
+                    ED_ALERT_PROFILE,
+                ),
+                _invariant(
+                    "ecgal-report",
+                    "The alert is about one DiagnosticReport",
+                    "about.where(reference.startsWith('DiagnosticReport/')).count() = 1",
+                    ED_ALERT_PROFILE,
+                ),
+                _invariant(
+                    "ecgal-sender",
+                    f"The sender is the model, identified as {MODEL_SYSTEM}|<version>",
+                    f"sender.identifier.where(system = '{MODEL_SYSTEM}' and value.exists())"
+                    ".exists()",
+                    ED_ALERT_PROFILE,
+                ),
+                _invariant(
+                    "ecgal-payload",
+                    "Every payload is text (the alert, then the acknowledgement link)",
+                    "payload.all(content.ofType(string).exists())",
+                    ED_ALERT_PROFILE,
+                ),
+                _invariant(
+                    "ecgal-subject",
+                    "The subject, when known, is the patient by reference or by identifier",
+                    "subject.empty() or subject.reference.startsWith('Patient/') or "
+                    "subject.identifier.value.exists()",
+                    ED_ALERT_PROFILE,
+                ),
+            ],
+        },
+        *_security_slice(root),
+        {"id": f"{root}.identifier", "path": f"{root}.identifier", "min": 1},
+        {
+            "id": f"{root}.status",
+            "path": f"{root}.status",
+            "short": "completed: the alert is sent when it is written",
+            "patternCode": "completed",
+        },
+        {
+            "id": f"{root}.category",
+            "path": f"{root}.category",
+            "slicing": {
+                "discriminator": [{"type": "pattern", "path": "$this"}],
+                "description": "Categories are sliced by their coding",
+                "ordered": False,
+                "rules": "open",
+            },
+            "min": 1,
+        },
+        {
+            "id": f"{root}.category:alert",
+            "path": f"{root}.category",
+            "sliceName": "alert",
+            "short": "communication-category alert",
+            "definition": "The communication is an alert.",
+            "min": 1,
+            "max": "1",
+            "patternCodeableConcept": {
+                "coding": [{"system": COMMUNICATION_CATEGORY, "code": "alert"}]
+            },
+        },
+        {
+            "id": f"{root}.priority",
+            "path": f"{root}.priority",
+            "short": "stat: review the ECG now",
+            "min": 1,
+            "patternCode": "stat",
+        },
+        {
+            "id": f"{root}.about",
+            "path": f"{root}.about",
+            "short": "The DiagnosticReport the alert is about (see ecgal-report)",
+            "min": 1,
+            "max": "1",
+        },
+        {"id": f"{root}.sent", "path": f"{root}.sent", "min": 1},
+        {
+            "id": f"{root}.recipient",
+            "path": f"{root}.recipient",
+            "short": "The configured recipient (e.g. PractitionerRole/ed-triage)",
+            "min": 1,
+            "max": "1",
+        },
+        {
+            "id": f"{root}.sender",
+            "path": f"{root}.sender",
+            "short": "The model that raised the alert (see ecgal-sender)",
+            "min": 1,
+        },
+        {
+            "id": f"{root}.payload",
+            "path": f"{root}.payload",
+            "short": "The alert text (not a diagnosis), then the acknowledgement link",
+            "min": 1,
+        },
+    ]
+
+
 #: (id, url, name, title, description, resource type, differential) of the other profiles.
 RESOURCE_PROFILES: Final[tuple[tuple[str, str, str, str, str, str, Any], ...]] = (
     (
@@ -1034,6 +1154,17 @@ RESOURCE_PROFILES: Final[tuple[tuple[str, str, str, str, str, str, Any], ...]] =
         "Device as requestor, the DiagnosticReport and the patient as entities.",
         "AuditEvent",
         audit_differential,
+    ),
+    (
+        "ecgbridge-ed-alert",
+        ED_ALERT_PROFILE,
+        "EcgbridgeEdAlert",
+        "ecgbridge ED alert (Communication)",
+        "The STAT alert for a high-risk AI ECG triage: category alert, priority stat, about "
+        "the DiagnosticReport, sent by the model to the configured recipient, labelled AIAST, "
+        "with the alert text and the acknowledgement link as payload.",
+        "Communication",
+        ed_alert_differential,
     ),
 )
 

@@ -4,7 +4,8 @@ One test FHIR server (Medplum's engine, tests/fhir_server) for the module, start
 ``--profiles mappers/profiles``: every resource whose ``meta.profile`` names a loaded profile is
 validated against its snapshot. The report resources of real analyses (a positive, a negative,
 a quality-refused sample ECG, and a preliminary report), with their Provenance and AuditEvent,
-and the model's Device and model card (the real MODEL_CARD.md), are accepted; wrong ones are
+the model's Device and model card (the real MODEL_CARD.md), and the ED alert Communication of the
+positive one, are accepted; wrong ones are
 rejected with an OperationOutcome naming the problem, and the same wrong resource without
 ``meta.profile`` is accepted, so the rejection is the profile's doing (the server enforces).
 """
@@ -29,6 +30,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from inference.analyzer import Analyzer
 from inference.record import EcgRecord
 from inference.result import AnalysisResult
+from integration.alerts import AlertSender, AlertSettings, alert_identity, build_communication
 from integration.api import create_app
 from integration.inbox import Inbox
 from integration.ingest import IngestService
@@ -42,6 +44,7 @@ from mappers.profiles import (
     AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
     AI_PROVENANCE_PROFILE,
+    ED_ALERT_PROFILE,
     MODEL_CARD_PROFILE,
     PROFILES_DIR,
     REPORT_AUDIT_PROFILE,
@@ -62,6 +65,7 @@ RESOURCE_PROFILES = {
     "AuditEvent": REPORT_AUDIT_PROFILE,
     "Device": AI_DEVICE_PROFILE,
     "DocumentReference": MODEL_CARD_PROFILE,
+    "Communication": ED_ALERT_PROFILE,
 }
 FHIR_HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 ISSUED = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -110,13 +114,12 @@ def _json(res: ReportResources) -> list[JSON]:
 
 
 @pytest.fixture(scope="module")
-def built() -> dict[str, ReportResources]:
-    """The report resources of a positive, a negative and a quality-refused sample ECG, and
-    the preliminary report of the positive one (no explanation yet)."""
+def analysed() -> dict[str, tuple[EcgRecord, AnalysisResult]]:
+    """(record, result) of a positive, a negative and a quality-refused sample ECG."""
     analyzer = Analyzer.load(device="cpu")
-    analysed = [(s, analyzer.analyze(s.record)) for s in load_samples()]
-    positive = next((s, r) for s, r in analysed if r.triage is not None and r.triage.positive)
-    negative = next((s, r) for s, r in analysed if r.triage is not None and not r.triage.positive)
+    results = [(s, analyzer.analyze(s.record)) for s in load_samples()]
+    positive = next((s, r) for s, r in results if r.triage is not None and r.triage.positive)
+    negative = next((s, r) for s, r in results if r.triage is not None and not r.triage.positive)
     assert positive[1].fairness is not None and negative[1].fairness is not None
     flat = dataclasses.replace(
         negative[0].record,
@@ -126,16 +129,51 @@ def built() -> dict[str, ReportResources]:
     refused = analyzer.analyze(flat)
     assert not refused.analysed
     return {
-        "positive": _build(
-            dataclasses.replace(positive[1], explanation=EXPLANATION), positive[0].record, "pos"
-        ),
-        "negative": _build(
-            dataclasses.replace(negative[1], explanation=EXPLANATION), negative[0].record, "neg"
-        ),
-        "refused": _build(refused, flat, "refused"),
-        # triage written first, explanations to follow
-        "preliminary": _build(positive[1], positive[0].record, "prelim", preliminary=True),
+        "positive": (positive[0].record, positive[1]),
+        "negative": (negative[0].record, negative[1]),
+        "refused": (flat, refused),
     }
+
+
+@pytest.fixture(scope="module")
+def built(analysed: dict[str, tuple[EcgRecord, AnalysisResult]]) -> dict[str, ReportResources]:
+    """The report resources of a positive, a negative and a quality-refused sample ECG, and
+    the preliminary report of the positive one (no explanation yet)."""
+    (pos_record, pos), (neg_record, neg) = analysed["positive"], analysed["negative"]
+    return {
+        "positive": _build(dataclasses.replace(pos, explanation=EXPLANATION), pos_record, "pos"),
+        "negative": _build(dataclasses.replace(neg, explanation=EXPLANATION), neg_record, "neg"),
+        "refused": _build(analysed["refused"][1], analysed["refused"][0], "refused"),
+        # triage written first, explanations to follow
+        "preliminary": _build(pos, pos_record, "prelim", preliminary=True),
+    }
+
+
+ALERT_SETTINGS = AlertSettings(recipient="PractitionerRole/ed-triage")
+
+
+@pytest.fixture(scope="module")
+def alert(
+    analysed: dict[str, tuple[EcgRecord, AnalysisResult]], built: dict[str, ReportResources]
+) -> JSON:
+    """The ED alert Communication of the positive ECG, as `integration.alerts` builds it."""
+    record, result = analysed["positive"]
+    report_ref = f"DiagnosticReport/{built['positive'].diagnostic_report.id}"
+    alert_id = alert_identity(report_ref)
+    sender = AlertSender(ALERT_SETTINGS)
+    try:
+        comm = build_communication(
+            result,
+            record,
+            alert_id=alert_id,
+            report_ref=report_ref,
+            recipient="PractitionerRole/ed-triage",
+            sent=ISSUED,
+            ack_url=sender.ack_url(alert_id, record.record_id),
+        )
+    finally:
+        sender.close()
+    return resource_json(comm)
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +302,116 @@ def test_report_bundle_is_accepted_as_a_transaction(
         "Provenance",
         "AuditEvent",
     }
+
+
+def test_ed_alert_is_accepted_with_its_profile_enforced(
+    client: httpx.Client,
+    server: FhirServerProcess,
+    alert: JSON,
+    analysed: dict[str, tuple[EcgRecord, AnalysisResult]],
+    built: dict[str, ReportResources],
+) -> None:
+    assert alert["meta"]["profile"] == [ED_ALERT_PROFILE]
+    assert alert["priority"] == "stat" and "subject" in alert
+    resp = _put(client, alert)
+    assert resp.status_code in (200, 201), resp.text
+    assert resp.json()["meta"]["profile"] == [ED_ALERT_PROFILE]
+    # an ECG without a patient (a file) still alerts; a patient known by identifier only too
+    for n, subject in enumerate([None, {"identifier": {"system": "urn:mrn", "value": "M-1"}}]):
+        variant = {k: v for k, v in alert.items() if k != "subject"}
+        variant["id"] = f"{alert['id'][:40]}-{n}"
+        if subject is not None:
+            variant["subject"] = subject
+        assert _put(client, variant).status_code in (200, 201)
+    # ... and the same through the sender's own PUT (update-as-create), as a task sends it
+    record, result = analysed["positive"]
+    report_ref = f"DiagnosticReport/{built['positive'].diagnostic_report.id}/_history/1"
+    sender = AlertSender(ALERT_SETTINGS, fhir_base_url=server.base_url)
+    try:
+        outcome = sender.send_alert(result, record, report_ref, ecg_id="inbox-1")
+    finally:
+        sender.close()
+    assert outcome.delivered, outcome.error
+    assert outcome.alert_id == alert["id"]
+    stored = client.get(f"/Communication/{alert['id']}").json()
+    assert stored["meta"]["profile"] == [ED_ALERT_PROFILE]
+    assert stored["about"] == alert["about"]
+
+
+def _alert_routine(c: JSON) -> None:
+    c["priority"] = "routine"
+
+
+def _alert_without_aiast(c: JSON) -> None:
+    c["meta"]["security"] = [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}
+    ]
+
+
+def _alert_without_about(c: JSON) -> None:
+    del c["about"]
+
+
+def _alert_about_an_observation(c: JSON) -> None:
+    c["about"] = [{"reference": "Observation/ecg-1-triage"}]
+
+
+def _alert_without_recipient(c: JSON) -> None:
+    del c["recipient"]
+
+
+def _alert_notification(c: JSON) -> None:
+    c["category"][0]["coding"][0]["code"] = "notification"
+
+
+def _alert_in_progress(c: JSON) -> None:
+    c["status"] = "in-progress"
+
+
+def _alert_without_sent(c: JSON) -> None:
+    del c["sent"]
+
+
+def _alert_sender_by_display_only(c: JSON) -> None:
+    c["sender"] = {"display": "someone"}
+
+
+def _alert_subject_by_display_only(c: JSON) -> None:
+    c["subject"] = {"display": "a patient"}
+
+
+def _alert_payload_attachment(c: JSON) -> None:
+    c["payload"][1] = {"contentAttachment": {"contentType": "text/plain", "data": "YWNr"}}
+
+
+ALERT_DEFECTS: list[tuple[Callable[[JSON], None], str, str]] = [
+    (_alert_routine, "Communication.priority", "did not match expected pattern"),
+    (_alert_without_aiast, "Communication.meta.security", "slice 'aiast'"),
+    (_alert_without_about, "Communication.about", "Missing required property"),
+    (_alert_about_an_observation, "Communication", "ecgal-report"),
+    (_alert_without_recipient, "Communication.recipient", "Missing required property"),
+    (_alert_notification, "Communication.category", "slice 'alert'"),
+    (_alert_in_progress, "Communication.status", "did not match expected pattern"),
+    (_alert_without_sent, "Communication.sent", "Missing required property"),
+    (_alert_sender_by_display_only, "Communication", "ecgal-sender"),
+    (_alert_payload_attachment, "Communication", "ecgal-payload"),
+    (_alert_subject_by_display_only, "Communication", "ecgal-subject"),
+]
+
+
+@pytest.mark.parametrize(
+    ("defect", "expression", "text"), ALERT_DEFECTS, ids=[d[0].__name__ for d in ALERT_DEFECTS]
+)
+def test_wrong_ed_alert_is_rejected_naming_the_problem(
+    client: httpx.Client,
+    alert: JSON,
+    defect: Callable[[JSON], None],
+    expression: str,
+    text: str,
+) -> None:
+    wrong = copy.deepcopy(alert)
+    defect(wrong)
+    _assert_rejected_then_accepted_without_profile(client, wrong, expression, text)
 
 
 # ---------------------------------------------------------------------------------- (b)
@@ -593,10 +741,7 @@ def test_api_serves_its_capability_statement_and_structure_definitions(
     assert cs["implementation"]["url"] == "http://testserver/fhir"
     client_rest = next(r for r in cs["rest"] if r["mode"] == "client")
     profiles = {r["type"]: r.get("supportedProfile") for r in client_rest["resource"]}
-    assert profiles == {
-        **{rtype: [url] for rtype, url in RESOURCE_PROFILES.items()},
-        "Communication": None,
-    }
+    assert profiles == {rtype: [url] for rtype, url in RESOURCE_PROFILES.items()}
     # Medplum's R4 validator accepts the statement too.
     stored = client.post("/CapabilityStatement", json=cs)
     assert stored.status_code == 201, stored.text

@@ -1,6 +1,6 @@
 """ED alerts: the Communication, the signed webhook against a real local HTTP receiver (a
 `http.server` thread), retries, the acknowledgement URL, and (e2e) the Communication on the
-real test FHIR server."""
+real test FHIR server with the project's profiles loaded (``ecgbridge-ed-alert`` enforced)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from integration.alerts import (
     verify_signature,
 )
 from integration.audit import AuditLog, EventKind, Outcome, SearchQuery
+from mappers.profiles import ED_ALERT_PROFILE, PROFILES_DIR
 from tests.support.processes import free_port
 
 SECRET = "pager-shared-secret"
@@ -130,6 +131,7 @@ def test_communication_is_valid_r4_stat_to_the_recipient() -> None:
     assert body["subject"] == {"reference": "Patient/p-1"}
     assert body["about"] == [{"reference": "DiagnosticReport/ecg-0123"}]
     assert body["meta"]["security"][0]["code"] == "AIAST"
+    assert body["meta"]["profile"] == [ED_ALERT_PROFILE]
     text = body["payload"][0]["contentString"]
     assert "90%" in text
     assert "LAD" in text
@@ -262,7 +264,7 @@ def test_communication_on_the_real_fhir_server(receiver: Receiver) -> None:
     from tests.support.fhir_server import FhirServerProcess, ensure_node_modules
 
     ensure_node_modules()
-    with FhirServerProcess() as fhir:
+    with FhirServerProcess(profiles_dir=PROFILES_DIR) as fhir:
         sender = AlertSender(_settings(receiver.url), fhir_base_url=fhir.base_url)
         outcome = sender.send_alert(_result(0.9), _record(), REPORT, ecg_id="inbox-1")
         assert outcome.delivered, outcome.error
@@ -270,5 +272,6 @@ def test_communication_on_the_real_fhir_server(receiver: Receiver) -> None:
         assert again.alert_id == outcome.alert_id  # retried task: same resource, new version
         got = httpx.get(f"{fhir.base_url}/Communication/{outcome.alert_id}").json()
         assert got["priority"] == "stat"
+        assert got["meta"]["profile"] == [ED_ALERT_PROFILE]  # validated against it on PUT
         assert got["recipient"] == [{"reference": "PractitionerRole/ed-triage"}]
         assert got["meta"]["versionId"] != (outcome.communication_ref or "").rsplit("/", 1)[-1]

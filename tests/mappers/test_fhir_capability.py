@@ -13,6 +13,7 @@ from mappers.profiles import (
     AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
     AI_PROVENANCE_PROFILE,
+    ED_ALERT_PROFILE,
     MODEL_CARD_PROFILE,
     REPORT_AUDIT_PROFILE,
     REPORT_PROFILE,
@@ -82,7 +83,9 @@ def test_client_part_declares_the_published_profiles() -> None:
         "AuditEvent": REPORT_AUDIT_PROFILE,
         "Device": AI_DEVICE_PROFILE,
         "DocumentReference": MODEL_CARD_PROFILE,
+        "Communication": ED_ALERT_PROFILE,
     }
+    assert set(expected) == set(by_type)  # every written resource declares its profile
     for rtype, url in expected.items():
         assert by_type[rtype]["supportedProfile"] == [url]
         assert by_type[rtype]["profile"] == url

@@ -11,10 +11,18 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
-from inference.record import EcgRecord
-from inference.result import AnalysisResult, FairnessCheck, QualityReport, TriageResult
+from inference.record import LEADS_12, EcgRecord, PatientRef
+from inference.result import (
+    AnalysisResult,
+    FairnessCheck,
+    QualityReport,
+    TerritoryFinding,
+    TriageResult,
+)
+from integration.alerts import ALERT_SYSTEM, build_communication
 from mappers.fhir_device import ModelCard, model_resources
 from mappers.fhir_extensions import (
     EXPLANATION_URL,
@@ -30,6 +38,7 @@ from mappers.profiles import (
     AI_DEVICE_PROFILE,
     AI_OBSERVATION_PROFILE,
     AI_PROVENANCE_PROFILE,
+    ED_ALERT_PROFILE,
     MODEL_CARD_PROFILE,
     PROFILES_DIR,
     REPORT_AUDIT_PROFILE,
@@ -48,6 +57,7 @@ RESOURCE_PROFILES = (
     MODEL_CARD_PROFILE,
     AI_PROVENANCE_PROFILE,
     REPORT_AUDIT_PROFILE,
+    ED_ALERT_PROFILE,
 )
 ALL_SD_IDS = (
     "ecg-fairness-check",
@@ -384,3 +394,131 @@ def test_apply_differential_merges_slices_and_expands_types() -> None:
     assert base["snapshot"]["element"][3]["constraint"] == [{"key": "a-1"}]  # not mutated
     with pytest.raises(ValueError, match="cannot expand"):
         gen.apply_differential(base, [{"id": "R.note.x", "path": "R.note.x"}], {"Meta": meta})
+
+
+# ---------------------------------------------------------------------------- the ED alert
+
+
+PATIENT = PatientRef(reference="Patient/p-1")
+
+
+def _alert(patient: PatientRef | None = PATIENT) -> JSON:
+    """The Communication `integration.alerts` writes for a positive triage."""
+    record = EcgRecord(
+        signals_mv=np.zeros((12, 5000), dtype=np.float32),
+        lead_names=LEADS_12,
+        fs_hz=500.0,
+        record_id="r1",
+        patient=patient,
+    )
+    result = AnalysisResult(
+        "r1",
+        "m-1",
+        QualityReport(ok=True),
+        TriageResult(probability=0.9, threshold=0.4),
+        territories=(TerritoryFinding("anterior", "LAD", 0.8, 0.5),),
+    )
+    comm = build_communication(
+        result,
+        record,
+        alert_id="alert-1",
+        report_ref="DiagnosticReport/ecg-1/_history/2",
+        recipient="PractitionerRole/ed-triage",
+        sent=datetime(2026, 1, 1, tzinfo=UTC),
+        ack_url="https://ecgbridge.example/alerts/alert-1/ack?t=x",
+    )
+    return resource_json(comm)
+
+
+def _matches(value: Any, pattern: Any) -> bool:
+    """FHIR pattern[x] matching: every property of the pattern is in the value."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(
+            _matches(value.get(k), v) for k, v in pattern.items()
+        )
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else []
+        return all(any(_matches(i, p) for i in items) for p in pattern)
+    return bool(value == pattern)
+
+
+def element_problems(resource: JSON, sd: JSON) -> list[str]:
+    """What in `resource` breaks the cardinalities, patterns and pattern slices of the
+    profile's elements one level down (``Communication.priority``) and of ``meta.security``.
+    Invariants are checked by the real FHIR server (tests/e2e/test_fhir_profiles.py)."""
+    snapshot = sd["snapshot"]["element"]
+    root = sd["type"]
+    problems: list[str] = []
+    for el in snapshot:
+        parts = el["id"].split(".")
+        if el["id"].startswith(f"{root}.meta.security"):
+            parent: Any = resource.get("meta", {})
+        elif len(parts) == 2:
+            parent = resource
+        else:
+            continue
+        name = parts[-1].split(":")[0]
+        value = parent.get(name)
+        items = value if isinstance(value, list) else ([] if value is None else [value])
+        pattern = next((v for k, v in el.items() if k.startswith("pattern")), None)
+        if "sliceName" in el:
+            items = [i for i in items if _matches(i, pattern)]
+        elif pattern is not None and not all(_matches(i, pattern) for i in items):
+            problems.append(f"{el['id']}: {items} does not match {pattern}")
+        high = float("inf") if el["max"] == "*" else int(el["max"])
+        if not el["min"] <= len(items) <= high:
+            problems.append(f"{el['id']}: {len(items)} not in {el['min']}..{el['max']}")
+    return problems
+
+
+def test_ed_alert_profile_constrains_what_the_alert_writes() -> None:
+    sd = _sd("ecgbridge-ed-alert")
+    assert sd["url"] == ED_ALERT_PROFILE and sd["type"] == "Communication"
+    snapshot = sd["snapshot"]["element"]
+    assert _by_id(snapshot, "Communication.priority")["patternCode"] == "stat"
+    assert _by_id(snapshot, "Communication.status")["patternCode"] == "completed"
+    for eid, card in {
+        "Communication.meta.security:aiast": (1, "1"),
+        "Communication.category:alert": (1, "1"),
+        "Communication.about": (1, "1"),
+        "Communication.recipient": (1, "1"),
+        "Communication.sent": (1, "1"),
+        "Communication.sender": (1, "1"),
+        "Communication.payload": (1, "*"),
+        "Communication.identifier": (1, "*"),
+        "Communication.subject": (0, "1"),  # an ECG without a patient still alerts
+    }.items():
+        el = _by_id(snapshot, eid)
+        assert (el["min"], el["max"]) == card, eid
+    keys = {c["key"] for c in snapshot[0]["constraint"]}
+    assert {"ecgal-identifier", "ecgal-report", "ecgal-sender", "ecgal-payload"} <= keys
+    # the constants the generator cannot import from integration/ are the alert's own
+    alert = _alert()
+    assert gen.ALERT_IDENTIFIER_SYSTEM == ALERT_SYSTEM == alert["identifier"][0]["system"]
+    assert alert["category"][0]["coding"][0]["system"] == gen.COMMUNICATION_CATEGORY
+
+
+@pytest.mark.parametrize(
+    "patient",
+    [PATIENT, PatientRef(system="urn:mrn", value="MRN-1"), None],
+    ids=["reference", "identifier", "no-patient"],
+)
+def test_the_alert_declares_and_meets_its_profile(patient: PatientRef | None) -> None:
+    alert = _alert(patient)
+    assert alert["meta"]["profile"] == [ED_ALERT_PROFILE]
+    assert element_problems(alert, _sd("ecgbridge-ed-alert")) == []
+
+
+def test_the_element_checker_finds_wrong_alerts() -> None:
+    sd = _sd("ecgbridge-ed-alert")
+    wrong = _alert() | {"priority": "routine"}
+    assert any("Communication.priority" in p for p in element_problems(wrong, sd))
+    wrong = _alert()
+    del wrong["about"]
+    assert any(p.startswith("Communication.about:") for p in element_problems(wrong, sd))
+    wrong = _alert()
+    wrong["meta"]["security"] = [{"system": "urn:x", "code": "N"}]
+    assert any("security:aiast" in p for p in element_problems(wrong, sd))
+    wrong = _alert()
+    wrong["category"][0]["coding"][0]["code"] = "notification"
+    assert any("category:alert" in p for p in element_problems(wrong, sd))
