@@ -143,7 +143,13 @@ class PhiFilter(logging.Filter):
                 setattr(record, key, REDACTED)
             else:
                 setattr(record, key, _scrub_value(record.__dict__[key], found, key))
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not raise at the caller (filters run
+            # outside the handler's error handling); its arguments are not shown at all
+            record.msg = scrub_text(str(record.msg)) + " [arguments dropped: did not format]"
+            record.args = None
+            message = record.msg
         clean = scrub_text(message)
         if clean != message:
             found.add("message")

@@ -109,6 +109,17 @@ def test_phi_passed_with_extra_is_redacted_and_named(jlog: _Capture) -> None:
     ]
 
 
+def test_a_message_that_does_not_format_is_logged_without_its_arguments(
+    jlog: _Capture,
+) -> None:
+    """The filter runs outside the handler's error handling: a wrong format must neither
+    raise at the caller (an MLLP connection, a task) nor print its arguments."""
+    jlog.logger.info("count %d of %s", "MRN12345", PID)  # wrong types, PHI in the args
+    (line,) = jlog.json()
+    assert line["message"] == "count %d of %s [arguments dropped: did not format]"
+    assert "MRN12345" not in jlog.buffer.getvalue()
+
+
 def test_a_pasted_hl7_message_or_fhir_patient_loses_its_patient_data(jlog: _Capture) -> None:
     message = f"MSH|^~\\&|ECG|WARD|||20260101||ORU^R01|M1|P|2.5.1\r{PID}\rOBR|1"
     jlog.logger.warning("could not parse %s", message)
