@@ -29,7 +29,7 @@ from integration.metrics import Metrics
 from integration.mllp_client import ack_code
 from integration.tracing import root_span
 from mappers.errors import FhirResourceError, MappingError
-from mappers.fhir_attachment import SOURCE_TYPES
+from mappers.fhir_attachment import waveform_entries
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import Msh, build_ack, fallback_msh, parse_msh, parse_oru_r01
 from mappers.hl7v2_priority import Priority, order_priority
@@ -410,17 +410,19 @@ class IngestService:
 
 def _single_payload(obj: dict[str, Any], index: int) -> bytes:
     """The stored form of one ECG: the Observation itself, or for a Bundle entry a
-    collection Bundle with that Observation, the Bundle's Patients and the resources a
-    waveform may be moved to (Binary, DocumentReference, Media)."""
+    collection Bundle with that Observation, the Bundle's Patients and the Binary /
+    DocumentReference / Media its waveform is in (only those it names, so an ECG stored
+    from a Bundle is the same as that ECG sent on its own with them)."""
     if obj.get("resourceType") != "Bundle":
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     entries = obj.get("entry") or []
-    kept_types = ("Patient", *SOURCE_TYPES)
+    observation = (entries[index] or {}).get("resource") or {}
     keep = [entries[index]] + [
         e
         for e in entries
-        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") in kept_types
+        if isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") == "Patient"
     ]
+    keep += [entries[i] for i in waveform_entries(observation, entries) if i != index]
     single = {"resourceType": "Bundle", "type": "collection", "entry": keep}
     return json.dumps(single, sort_keys=True, separators=(",", ":")).encode()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from inference.record import EcgRecord
@@ -80,6 +80,52 @@ def waveform_source(
             )
         return _from_resource(target, resources, location=loc)
     return None
+
+
+def waveform_entries(obs: Mapping[str, Any], entries: Sequence[Any]) -> list[int]:
+    """Indexes of the Bundle `entries` that `obs`'s waveform may be in: the Binary,
+    DocumentReference or Media its ``derivedFrom`` or ``valueAttachment.url`` names, and the
+    Binary an attachment of those names by url. What ingest stores with the ECG: only what
+    this Observation needs, so its stored form does not depend on the rest of the Bundle."""
+    keys: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        res = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(res, Mapping) or res.get("resourceType") not in SOURCE_TYPES:
+            continue
+        if isinstance(entry.get("fullUrl"), str):
+            keys[entry["fullUrl"]] = i
+        if isinstance(res.get("id"), str):
+            keys[f"{res['resourceType']}/{res['id']}"] = i
+    by_key = {k: entries[i]["resource"] for k, i in keys.items()}
+    todo = [r.get("reference") for r in obs.get("derivedFrom") or [] if isinstance(r, Mapping)]
+    value = obs.get("valueAttachment")
+    todo.append(value.get("url") if isinstance(value, Mapping) else None)
+    found: list[int] = []
+    while todo:
+        ref = todo.pop()
+        target = _lookup(ref, by_key) if isinstance(ref, str) else None
+        if target is None:
+            continue
+        index = next(i for k, i in keys.items() if by_key[k] is target)
+        if index in found:
+            continue
+        found.append(index)
+        for att in _attachments_of(target):
+            todo.append(att.get("url"))
+    return sorted(found)
+
+
+def _attachments_of(res: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    content = res.get("content")
+    if res.get("resourceType") == "Media" and isinstance(content, Mapping):
+        return [content]
+    if res.get("resourceType") == "DocumentReference" and isinstance(content, list):
+        return [
+            c["attachment"]
+            for c in content
+            if isinstance(c, Mapping) and isinstance(c.get("attachment"), Mapping)
+        ]
+    return []
 
 
 def record_from_attachment(content: bytes, content_type: str, *, location: str) -> EcgRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,42 @@ def test_observation_pointing_at_an_external_binary_is_422(
     resp = client.post("/fhir/Observation", json=obs, headers=FHIR)
     assert resp.status_code == 422
     assert _issue(resp)["expression"][0] == "Observation.derivedFrom[0].reference"
+
+
+def test_each_ecg_of_a_bundle_is_stored_with_its_own_waveform_only(
+    client: TestClient, sample: Sample, tmp_path: Path
+) -> None:
+    """Two ECGs with their Binaries in one Bundle: each is stored with the Binary it names,
+    so sending one of them again on its own (with its Binary) is a replay, not a conflict."""
+    entries = []
+    for n in range(2):
+        obs = record_to_observation(sample.record, observation_id=f"o{n}")
+        obs["identifier"] = [{"system": "urn:test:ecg", "value": f"E{n}"}]
+        del obs["component"]
+        obs["derivedFrom"] = [{"reference": f"urn:uuid:bin-{n}"}]
+        binary = {
+            "resourceType": "Binary",
+            "contentType": "application/dicom",
+            "data": base64.b64encode(build_dicom_ecg(sample.record)).decode(),
+        }
+        entries += [{"resource": obs}, {"fullUrl": f"urn:uuid:bin-{n}", "resource": binary}]
+    resp = client.post(
+        "/fhir",
+        json={"resourceType": "Bundle", "type": "collection", "entry": entries},
+        headers=FHIR,
+    )
+    assert resp.status_code == 202, resp.text
+    inbox = Inbox.from_url(f"sqlite:///{tmp_path}/inbox.sqlite3")
+    for n, accepted in enumerate(resp.json()["accepted"]):
+        item = inbox.get(accepted["id"])
+        assert item is not None
+        stored = [e["resource"]["resourceType"] for e in json.loads(item.payload)["entry"]]
+        assert stored == ["Observation", "Binary"]
+        assert json.loads(item.payload)["entry"][1]["fullUrl"] == f"urn:uuid:bin-{n}"
+    again = client.post(
+        "/fhir",
+        json={"resourceType": "Bundle", "type": "collection", "entry": entries[:2]},
+        headers=FHIR,
+    )
+    assert again.status_code == 202, again.text
+    assert again.json()["accepted"][0]["replay"] is True

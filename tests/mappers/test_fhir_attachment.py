@@ -14,6 +14,7 @@ from inference.record import Sex
 from mappers.aecg_out import build_aecg
 from mappers.dicom_ecg import build_dicom_ecg
 from mappers.errors import DataTypeError, MissingFieldError, XmlSecurityError
+from mappers.fhir_attachment import waveform_entries
 from mappers.fhir_r4 import bundle_to_records, observation_to_record
 from mappers.hl7v2 import build_oru_r01
 from tests.mappers.conftest import small_record
@@ -137,3 +138,21 @@ def test_unsafe_xml_inside_keeps_the_reader_error_and_its_place() -> None:
     obs = observation(valueAttachment={"contentType": "text/xml", "data": b64(xml)})
     loc = locate(lambda: observation_to_record(obs), XmlSecurityError)
     assert loc.startswith("Observation.valueAttachment.data > ")
+
+
+def test_waveform_entries_follow_the_observation_only() -> None:
+    obs = observation(derivedFrom=[{"reference": "DocumentReference/d1"}])
+    doc = {
+        "resourceType": "DocumentReference",
+        "id": "d1",
+        "content": [{"attachment": {"url": "urn:uuid:w"}}],
+    }
+    entries = [
+        {"resource": obs},
+        {"resource": {"resourceType": "Binary", "id": "unrelated"}},
+        {"resource": doc},
+        {"fullUrl": "urn:uuid:w", "resource": {"resourceType": "Binary"}},
+        {"resource": PATIENT},
+    ]
+    assert waveform_entries(obs, entries) == [2, 3]
+    assert waveform_entries(observation(), entries) == []
