@@ -111,18 +111,22 @@ class ReportResources:
     audit_event: AuditEvent | None = None
     #: The model that made them (its Device and model card are written once per model).
     model_version: str = ""
-    #: The JSON each model above was validated from, by ``id(model)``. Writers send it as
-    #: is (`json_of`): serialising through fhir.resources costs ~16 ms per report, a third
-    #: of a worker's CPU per ECG. A model swapped in later (``dataclasses.replace``) has no
-    #: entry and is serialised.
-    validated_json: Mapping[int, Mapping[str, Any]] = field(
+    #: The JSON each model above was validated from, by ``id(model)``, with the model
+    #: itself (so an id reused by another object never matches). Writers send it as is
+    #: (`json_of`): serialising through fhir.resources costs ~16 ms per report, a third of a
+    #: worker's CPU per ECG. A model swapped in later (``dataclasses.replace``) is
+    #: serialised. The models are treated as frozen once built: change one and it must be
+    #: swapped in, not edited in place.
+    validated_json: Mapping[int, tuple[Resource, Mapping[str, Any]]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
     def json_of(self, model: Resource) -> dict[str, Any]:
         """`model` as FHIR JSON (a fresh copy the caller may change)."""
         known = self.validated_json.get(id(model))
-        return copy.deepcopy(dict(known)) if known is not None else resource_json(model)
+        if known is not None and known[0] is model:
+            return copy.deepcopy(dict(known[1]))
+        return resource_json(model)
 
 
 def _instant(when: datetime) -> str:
@@ -528,11 +532,11 @@ def build_report(
     if result.analysed_at is not None:
         provenance["occurredDateTime"] = _instant(result.analysed_at)
 
-    validated: dict[int, Mapping[str, Any]] = {}
+    validated: dict[int, tuple[Resource, Mapping[str, Any]]] = {}
 
     def checked(model: type[R], data: dict[str, Any], path: str) -> R:
         out = validate_resource(model, data, path=path)
-        validated[id(out)] = data
+        validated[id(out)] = (out, data)
         return out
 
     return ReportResources(

@@ -321,6 +321,10 @@ def test_written_json_is_what_the_validated_models_serialise_to(record: EcgRecor
     )
     swapped = replace(res, diagnostic_report=swapped_in)
     assert swapped.json_of(swapped_in)["status"] == "amended"
+    # a recycled id never picks up another resource's JSON: the entry keeps its model
+    impostor = DiagnosticReport.model_validate(resource_json(res.diagnostic_report))
+    fake = replace(res, validated_json={id(impostor): (res.diagnostic_report, {"x": 1})})
+    assert fake.json_of(impostor) == resource_json(impostor)
 
 
 def test_transaction_bundle_entries_are_the_validated_json(record: EcgRecord) -> None:
