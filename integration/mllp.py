@@ -138,18 +138,21 @@ class MllpServer:
                     return
                 for event in decoder.feed(data):
                     answer = await self._answer(event, conn)
-                    if answer is not None:
-                        writer.write(frame(answer))
+                    if answer is None:
+                        continue
+                    writer.write(frame(answer))
+                    try:
                         # a peer that never reads its ACKs must not hold the connection
                         await asyncio.wait_for(writer.drain(), timeout=self._idle_timeout_s)
-        except TimeoutError:
-            conn.once(
-                "stalled",
-                logging.WARNING,
-                "read no ACK for %.0f s; closed",
-                self._idle_timeout_s,
-            )
-            writer.transport.abort()  # drop the unread ACKs: a close would wait to send them
+                    except TimeoutError:  # only the drain: not a timeout inside the handler
+                        conn.once(
+                            "stalled",
+                            logging.WARNING,
+                            "read no ACK for %.0f s; closed",
+                            self._idle_timeout_s,
+                        )
+                        writer.transport.abort()  # drop the unread ACKs: close would wait
+                        return
         except (ConnectionError, OSError) as exc:
             conn.once("lost", logging.INFO, "lost: %s", exc.__class__.__name__)
         finally:
