@@ -58,13 +58,15 @@ class BatchTimeoutError(EcgBridgeError, TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class BatchStats:
-    """What the batcher did so far: items done, batch calls made, and how many batches
-    had each size (``{size: count}``)."""
+    """What the batcher did so far: items done, batches formed, how many batches had each
+    size (``{size: count}``), how many failed and were rerun item by item, and the model
+    calls made in all (batches plus those one-item reruns)."""
 
     items: int
     batches: int
     sizes: dict[int, int]
     fallbacks: int
+    calls: int = 0
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -99,6 +101,7 @@ class DynamicBatcher(Generic[T, R]):
         self._closed = False
         self._sizes: Counter[int] = Counter()
         self._fallbacks = 0
+        self._reruns = 0  # one-item calls after a failed batch
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -118,11 +121,13 @@ class DynamicBatcher(Generic[T, R]):
         with self._cond:
             sizes = dict(sorted(self._sizes.items()))
             fallbacks = self._fallbacks
+            reruns = self._reruns
         return BatchStats(
             items=sum(k * v for k, v in sizes.items()),
             batches=sum(sizes.values()),
             sizes=sizes,
             fallbacks=fallbacks,
+            calls=sum(sizes.values()) + reruns,
         )
 
     def submit(self, item: T, *, timeout_s: float | None = None) -> Future[R]:
@@ -233,6 +238,8 @@ class DynamicBatcher(Generic[T, R]):
 
     def _call_one(self, pair: tuple[T, Future[R]]) -> None:
         item, future = pair
+        with self._cond:
+            self._reruns += 1
         try:
             (result,) = self._fn([item])
         except BaseException as exc:  # this caller's own error
@@ -308,7 +315,7 @@ class BatchingAnalyzer(Analyzer):
         logger.info(
             "batcher closed: %d ECGs in %d model calls (batch sizes %s, %d fallbacks)",
             stats.items,
-            stats.batches,
+            stats.calls,
             stats.sizes,
             stats.fallbacks,
         )

@@ -127,6 +127,7 @@ def test_one_bad_item_fails_only_its_caller() -> None:
     assert results[0] == 1 and results[2] == 4 and results[3] == 9
     assert isinstance(results[1], ValueError) and str(results[1]) == "negative item -5"
     assert stats.fallbacks >= 1
+    assert stats.calls == len(fn.batches)  # every model call counted, reruns included
     # the failed batch was re-run one item at a time
     assert sorted((b for b in fn.batches if len(b) == 1), key=lambda b: items.index(b[0])) == [
         [1],
