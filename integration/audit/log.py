@@ -209,9 +209,13 @@ class AuditLog:
                 if self.store.insert(row, head):
                     self._advance(row, frontier, head)
                     return row.index
-                # Taken: another writer appended first. Catch up and retry.
-                self.conflicts += 1
+                # Taken: another writer appended first, or our own insert committed and
+                # its reply was lost with the connection (the store resent it). Catch up;
+                # our own leaf at that index means the event is in, exactly once.
                 self._catch_up()
+                if self.store.leaf_hashes(row.index, row.index + 1) == [row.leaf_hash]:
+                    return row.index
+                self.conflicts += 1
             raise AuditStoreError("audit append lost the race for an index too many times")
 
     def in_transaction(self, event_for: Callable[[str], AuditEvent]) -> TransactionHook:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from integration.audit import AuditLog, SearchQuery, SqlStore
 from integration.audit.crypto import PhiKeyRing
@@ -120,5 +121,41 @@ def test_append_reconnects_after_the_server_drops_its_connection(
         assert log.append(make_event(2)) == 2
         report = log.verify()
         assert report.ok and report.size == 3, report.message
+    finally:
+        log.close()
+
+
+def test_an_insert_that_committed_before_its_connection_was_lost_is_not_appended_twice(
+    audit_url: str, make_event: EventFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store resends an insert whose connection dropped; when the first one had in
+    fact committed, the resend finds the index taken. The log must see its own leaf there
+    and stop, not append the event again at the next index."""
+    store = SqlStore.from_url(audit_url)
+    log = AuditLog(store, signer=HeadSigner.generate(), phi_keys=PhiKeyRing.generate())
+    try:
+        assert log.append(make_event(0)) == 0
+        real_insert_once = store._insert_once
+        calls = []
+
+        def commit_then_lose_the_reply(row: Any, head: Any) -> None:
+            calls.append(row.index)
+            real_insert_once(row, head)
+            if len(calls) == 1:
+                raise DBAPIError(
+                    "INSERT",
+                    {},
+                    Exception("server closed the connection"),
+                    connection_invalidated=True,
+                )
+
+        monkeypatch.setattr(store, "_insert_once", commit_then_lose_the_reply)
+        assert log.append(make_event(1)) == 1
+        assert calls == [1, 1]  # the resend, found taken
+        monkeypatch.undo()
+        assert log.append(make_event(2)) == 2
+        report = log.verify()
+        assert report.ok and report.size == 3, report.message
+        assert log.conflicts == 0
     finally:
         log.close()
