@@ -139,18 +139,16 @@ def settings_of(sources: Iterable[BaseSettings]) -> list[Setting]:
 
 
 def snapshot(settings: Iterable[Setting], *, keyed: Callable[[str], str]) -> ConfigSnapshot:
-    """Per-setting digests: SHA-256 of name and canonical JSON value, or for a secret the
-    keyed hash ``keyed`` (an HMAC) of the same text."""
+    """Per-setting digests: the keyed hash ``keyed`` (an HMAC) of name and canonical JSON
+    value, for every setting: a plain hash of a short value (a host, a port, a token left in
+    a URL's query) could be found by trying values. Secrets are also named as such."""
     digests: dict[str, str] = {}
     secrets: set[str] = set()
     for s in settings:
         text = s.name + "\x00" + json.dumps(s.value, sort_keys=True, default=str)
         if s.secret:
             secrets.add(s.name)
-            digest = keyed(text)
-        else:
-            digest = hashlib.sha256(text.encode()).hexdigest()
-        digests[s.name] = digest[:DIGEST_CHARS]
+        digests[s.name] = keyed(text)[:DIGEST_CHARS]
     return ConfigSnapshot(digests, frozenset(secrets))
 
 

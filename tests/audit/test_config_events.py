@@ -59,6 +59,18 @@ def test_snapshot_names_changes_and_hides_values() -> None:
     assert WEBHOOK_SECRET not in a.encoded()
 
 
+def test_every_digest_is_keyed_so_short_values_cannot_be_guessed() -> None:
+    """A port or a host has few possible values: a plain hash would give it away."""
+    import hashlib
+
+    a = snapshot(settings_of(_sources()), keyed=_keyed)
+    window = next(s for s in settings_of(_sources()) if s.name == "ECGBRIDGE_FAIRNESS_WINDOW")
+    text = window.name + "\x00" + json.dumps(window.value, sort_keys=True, default=str)
+    assert a.digests[window.name] != hashlib.sha256(text.encode()).hexdigest()[:16]
+    other_key = snapshot(settings_of(_sources()), keyed=lambda t: _keyed("other" + t))
+    assert other_key.digests[window.name] != a.digests[window.name]
+
+
 def test_url_with_password_is_secret() -> None:
     url = f"postgresql://ecg:{DB_PASSWORD}@db.example/ecg"
     [s] = [
