@@ -65,13 +65,18 @@ PHI_FIELDS = frozenset(
     }
 )
 
-#: An HL7 v2 PID segment (patient identification) anywhere in a text, up to the segment's
+#: HL7 v2 segments that identify the patient or other persons (next of kin, guarantor,
+#: insured) or the visit (PV1-19 visit number), anywhere in a text, up to the segment's
 #: end: a carriage return or newline, or their escaped forms in a repr.
-_PID_SEGMENT = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=\\r)|(?<=\\n))PID\|(?:(?!\\r|\\n)[^\r\n])*")
-#: FHIR JSON patient elements: birthDate, name parts, telecom, address.
-_FHIR_PHI = re.compile(
-    r'"(birthDate|given|family|telecom|address)"\s*:\s*'
-    r'("(?:[^"\\]|\\.)*"|\[[^\]]*\]|\{[^}]*\})'
+_PHI_SEGMENTS = ("PID", "PD1", "NK1", "GT1", "IN1", "IN2", "MRG", "PV1")
+_PID_SEGMENT = re.compile(
+    r"(?:(?<![A-Za-z0-9])|(?<=\\r)|(?<=\\n))(" + "|".join(_PHI_SEGMENTS) + r")\|"
+    r"(?:(?!\\r|\\n)[^\r\n])*"
+)
+#: FHIR patient elements as JSON or Python-repr keys: their whole value (a string, or a
+#: nested array or object, however deep) is redacted.
+_FHIR_PHI_KEY = re.compile(
+    r"""(["'])(birthDate|given|family|name|telecom|address|identifier)\1\s*:\s*"""
 )
 
 # The attributes every LogRecord has; anything else came from ``extra=``.
@@ -99,12 +104,62 @@ def log_context(**fields: str | None) -> Iterator[None]:
 
 
 def scrub_text(text: str) -> str:
-    """The text with HL7 PID segments and FHIR patient elements replaced by ``[redacted]``."""
-    if "PID|" in text:
-        text = _PID_SEGMENT.sub(f"PID|{REDACTED}", text)
-    if '"' in text:
-        text = _FHIR_PHI.sub(lambda m: f'"{m.group(1)}": "{REDACTED}"', text)
+    """The text with HL7 patient / person segments and FHIR patient elements (JSON or a
+    Python repr) replaced by ``[redacted]``."""
+    if "|" in text:
+        text = _PID_SEGMENT.sub(lambda m: f"{m.group(1)}|{REDACTED}", text)
+    if '"' in text or "'" in text:
+        text = _redact_fhir_values(text)
     return text
+
+
+def _redact_fhir_values(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _FHIR_PHI_KEY.finditer(text):
+        if m.start() < pos:  # inside a value already redacted
+            continue
+        end = _value_end(text, m.end())
+        out.append(text[pos : m.end()])
+        out.append(f"{m.group(1)}{REDACTED}{m.group(1)}")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON (or repr) value starting at `start` ends: a quoted string, or an
+    array or object with its nesting and strings balanced, or a bare word. Unbalanced
+    (a cut-off text): the end of the text."""
+    if start >= len(text):
+        return start
+    first = text[start]
+    if first in "\"'":
+        i = start + 1
+        while i < len(text) and text[i] != first:
+            i += 2 if text[i] == "\\" else 1
+        return min(i + 1, len(text))
+    if first in "[{":
+        depth, i, quote = 0, start, ""
+        while i < len(text):
+            ch = text[i]
+            if quote:
+                if ch == "\\":
+                    i += 1
+                elif ch == quote:
+                    quote = ""
+            elif ch in "\"'":
+                quote = ch
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return len(text)
+    match = re.match(r"[^,}\]\s]*", text[start:])
+    return start + (match.end() if match else 0)
 
 
 def _is_phi_key(key: str) -> bool:

@@ -230,3 +230,38 @@ def test_the_cli_refuses_a_wrong_log_setting_in_plain_words() -> None:
     )
     assert done.returncode == 2
     assert "ecgbridge: error: ECGBRIDGE_LOG_FORMAT='yaml' is not a log format" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "gone"),
+    [
+        (  # nested arrays and objects: the whole value, not up to the first "]"
+            '{"address":[{"line":["1 Main St"],"city":"Springfield","postalCode":"12345"}],'
+            '"gender":"female"}',
+            ['"gender":"female"'],
+            ["Main St", "Springfield", "12345"],
+        ),
+        (  # a Python dict repr
+            "{'birthDate': '1950-01-01', 'gender': 'female'}",
+            ["'gender': 'female'"],
+            ["1950-01-01"],
+        ),
+        (  # name[].text and the MRN in identifier
+            '{"name":[{"text":"Jane Doe"}],"identifier":[{"value":"MRN-9"}],"id":"p1"}',
+            ['"id":"p1"'],
+            ["Jane Doe", "MRN-9"],
+        ),
+        (  # next of kin, guarantor: other persons' names
+            "MSH|^~\\&|A|B\rNK1|1|DOE^JOHN|SPO\rGT1|1||ROE^RICHARD\rOBX|1|NA|V1",
+            ["OBX|1|NA|V1", "NK1|[redacted]", "GT1|[redacted]"],
+            ["JOHN", "RICHARD"],
+        ),
+        ('{"name": "cut off [ here', [], ["cut off"]),  # an unbalanced, truncated text
+    ],
+)
+def test_scrub_text_finds_patient_data_in_any_shape(
+    text: str, kept: list[str], gone: list[str]
+) -> None:
+    clean = scrub_text(text)
+    assert all(k in clean for k in kept), clean
+    assert not any(g in clean for g in gone), clean
