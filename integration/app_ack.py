@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Literal
 
 from integration.audit import AuditEvent, EventKind, Outcome
 from integration.audit.log import AuditLog
@@ -116,6 +117,21 @@ def build_app_ack(
     return head + b"|||NE|NE" + sep + rest
 
 
+#: What `AppAcker.after_processing` did: sent (now or before), not wanted (original mode,
+#: MSH-16 said no, not HL7 v2, not finished), skipped (no endpoint for this sender) or
+#: failed (to be tried again).
+AckOutcome = Literal["sent", "not-wanted", "skipped", "failed"]
+
+
+def may_want_app_ack(inbox: Inbox, item_id: str) -> bool:
+    """Whether the item might need an application ACK, from its stored commit answer only
+    (cheap: no message read). False for the usual original-mode AA/AE/AR."""
+    try:
+        return not _answered_in_original_mode(inbox, item_id)
+    except Exception:  # cannot tell: let the ACK task look properly
+        return True
+
+
 def _answered_in_original_mode(inbox: Inbox, item_id: str) -> bool:
     """True when the item is not HL7 v2, or was answered AA/AE/AR (MSH-15 empty: original
     mode, no application ACK). An enhanced-mode item may have no stored ACK at all
@@ -151,34 +167,37 @@ class AppAcker:
         self._warned: set[str] = set()  # senders whose missing endpoint was logged
         self._warned_lock = threading.Lock()  # a thread-pool worker shares this object
 
-    def after_processing(self, item_id: str, *, inbox: Inbox) -> None:
+    def after_processing(self, item_id: str, *, inbox: Inbox) -> AckOutcome:
         """Send the application ACK for `item_id` if it is finished and its sender asked
-        for one. Never raises: the ECG's report does not depend on it."""
+        for one. Never raises (the ECG's report does not depend on it): ``"failed"`` when
+        it should have gone and did not, so the caller can try again later."""
         try:
             if _answered_in_original_mode(inbox, item_id):
-                return  # the usual case, decided without reading the message itself
+                return "not-wanted"  # the usual case, decided without reading the message
             item = inbox.get(item_id)
-            if item is not None:
-                self._acknowledge(item)
+            if item is None:
+                return "not-wanted"
+            return self._acknowledge(item)
         except Exception:
             log.exception("application ACK for inbox item %s not sent", item_id)
+            return "failed"
 
-    def _acknowledge(self, item: InboxItem) -> None:
+    def _acknowledge(self, item: InboxItem) -> AckOutcome:
         if item.content_type is not ContentType.HL7V2:
-            return
+            return "not-wanted"
         if item.status in (Status.DONE, Status.TRIAGED):
             code, error = "AA", None
         elif item.status is Status.DEAD_LETTER:
             code, error = "AE", ProcessingError(f"ECG not processed: {item.error or 'unknown'}")
         else:
-            return  # not finished: a retry or the reconciler comes back to it
+            return "not-wanted"  # not finished: a retry or the reconciler comes back to it
         msh = parse_msh(item.payload)
         if not app_ack_wanted(msh, code):
-            return
+            return "not-wanted"
         actor = f"worker:{msh.sending_application}|{msh.sending_facility}"
         if self._already_sent(item.id):
             log.info("application ACK for inbox item %s already sent", item.id)
-            return
+            return "sent"
         sender = sender_key(msh)
         target = self._endpoints.get(sender) or self._endpoints.get("*")
         if target is None:
@@ -192,7 +211,7 @@ class AppAcker:
                     sender,
                 )
             self._record(item, msh, EventKind.APP_ACK_SKIPPED, code, actor=actor)
-            return
+            return "skipped"
         control_id = app_ack_control_id(item.id)
         text = "ECG report written" if code == "AA" else ""
         message = build_app_ack(
@@ -229,6 +248,7 @@ class AppAcker:
             control_id=control_id,
             error=failure,
         )
+        return "failed" if failure else "sent"
 
     def _already_sent(self, item_id: str) -> bool:
         if self._audit is None:

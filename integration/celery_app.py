@@ -21,6 +21,9 @@ TASK_TIME_LIMIT_S = 180
 VISIBILITY_TIMEOUT_S = 3600
 ANALYZE_TASK = "ecgbridge.analyze_ecg"
 EXPLAIN_TASK = "ecgbridge.explain_ecg"
+APP_ACK_TASK = "ecgbridge.send_app_ack"
+#: Application ACKs wait behind every ECG: a notification, never ahead of an analysis.
+APP_ACK_PRIORITY = 9
 #: Triage: analysis, ED alert, the preliminary (or only) report. Always drained first.
 QUEUE = "ecgbridge"
 #: Explanations, pictures and the final report: seconds of CPU each, behind triage.
@@ -88,6 +91,14 @@ def enqueue_explanation(app: Celery, item_id: str, *, priority: int = 5) -> None
     """Queue the explanation stage of a triaged item (`integration.pipeline.explain_item`)
     at the ECG's own priority (0 = STAT first, 9 = backfill last), in the same trace."""
     _send(app, EXPLAIN_TASK, item_id, queue=EXPLAIN_QUEUE, priority=priority)
+
+
+def enqueue_app_ack(app: Celery, item_id: str, *, slow_lane: bool) -> None:
+    """Queue the application ACK of a finished item (`integration.app_ack`), off the
+    analysis task: a slow or dead sender endpoint then never holds an ECG's triage. On the
+    explanation queue when there is one (`slow_lane`), else last on the triage queue."""
+    queue = EXPLAIN_QUEUE if slow_lane else QUEUE
+    _send(app, APP_ACK_TASK, item_id, queue=queue, priority=APP_ACK_PRIORITY)
 
 
 def _send(app: Celery, task: str, item_id: str, *, queue: str, priority: int) -> None:

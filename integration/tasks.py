@@ -32,9 +32,15 @@ from opentelemetry.trace import SpanKind
 
 from inference.analyzer import Analyzer
 from integration.alerts import AlertSender, get_alert_settings
-from integration.app_ack import AppAcker, parse_endpoints
+from integration.app_ack import AppAcker, may_want_app_ack, parse_endpoints
 from integration.audit import AuditLog, AuditStoreError
-from integration.celery_app import ANALYZE_TASK, EXPLAIN_TASK, enqueue_explanation
+from integration.celery_app import (
+    ANALYZE_TASK,
+    APP_ACK_TASK,
+    EXPLAIN_TASK,
+    enqueue_app_ack,
+    enqueue_explanation,
+)
 from integration.errors import InboxError, WriteBackError
 from integration.inbox import Inbox
 from integration.logging_setup import log_context
@@ -264,8 +270,33 @@ def register(app: Celery, settings: Settings) -> None:
             )
         except Exception as exc:
             return _on_error(self, s, item_id, exc)
-        s.app_acks.after_processing(item_id, inbox=s.inbox)  # enhanced-mode application ACK
+        _queue_app_ack(s, item_id)
         return {"item_id": item_id, "status": outcome.status.value, "report": outcome.report_ref}
+
+    def _queue_app_ack(s: _WorkerState, item_id: str) -> None:
+        """The enhanced-mode application ACK goes out from its own task (`send_app_ack`),
+        so a slow or dead sender endpoint never holds this worker's next ECG."""
+        if not may_want_app_ack(s.inbox, item_id):
+            return
+        staged = settings.explain or settings.report_png or settings.report_pdf
+        try:
+            enqueue_app_ack(app, item_id, slow_lane=staged)
+        except Exception:  # the report is written; a lost notification is logged, not raised
+            log.exception("application ACK of item %s not queued", item_id)
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=APP_ACK_TASK,
+        bind=True,
+        max_retries=settings.task_max_retries,
+        acks_late=True,
+    )
+    def send_app_ack(self: Task, item_id: str) -> dict[str, Any]:
+        with task_span(self, "ecgbridge.send_app_ack", item_id):
+            outcome = state().app_acks.after_processing(item_id, inbox=state().inbox)
+            if outcome == "failed" and self.request.retries < settings.task_max_retries:
+                # audited as failed; a later attempt sends it (a sent one is never resent)
+                raise self.retry(countdown=backoff_s(self.request.retries))
+            return {"item_id": item_id, "app_ack": outcome}
 
     @app.task(  # type: ignore[untyped-decorator]
         name=EXPLAIN_TASK,
@@ -337,5 +368,5 @@ def register(app: Celery, settings: Settings) -> None:
             log.exception(
                 "item %s: could not record the dead letter; reconciler will retry", item_id
             )
-        s.app_acks.after_processing(item_id, inbox=s.inbox)  # enhanced-mode application ACK
+        _queue_app_ack(s, item_id)
         return {"item_id": item_id, "status": "dead_letter", "reason": reason}

@@ -19,9 +19,11 @@ from integration.app_ack import (
     app_ack_control_id,
     app_ack_wanted,
     build_app_ack,
+    may_want_app_ack,
     parse_endpoints,
 )
 from integration.audit import AuditLog, EventKind, Outcome, SearchQuery
+from integration.celery_app import APP_ACK_TASK, EXPLAIN_QUEUE, QUEUE, enqueue_app_ack
 from integration.inbox import ContentType, Inbox, InboxItem
 from integration.settings import Settings
 from mappers.hl7v2 import build_ack, parse_msh
@@ -201,12 +203,12 @@ def test_unreachable_endpoint_is_audited_as_failed_and_retried_later(
         backoff_s=0.01,
     )
     item_id = finished(inbox, "DOWN1")
-    acker.after_processing(item_id, inbox=inbox)  # never raises
+    assert acker.after_processing(item_id, inbox=inbox) == "failed"  # never raises
     assert events(audit, EventKind.APP_ACK_SENT) == [("DOWN1", Outcome.SERIOUS_FAILURE)]
-    # not sent, so a later run of the task (redelivery) tries again, now that it listens
+    # not sent, so the task's retry tries again, now that it listens; then never again
     with peer:
-        acker.after_processing(item_id, inbox=inbox)
-        acker.after_processing(item_id, inbox=inbox)
+        assert acker.after_processing(item_id, inbox=inbox) == "sent"
+        assert acker.after_processing(item_id, inbox=inbox) == "sent"
         assert [r["control_id"] for r in peer.received()] == [app_ack_control_id(item_id)]
     assert events(audit, EventKind.APP_ACK_SENT)[-1] == ("DOWN1", Outcome.SUCCESS)
 
@@ -235,3 +237,35 @@ def test_original_mode_items_are_decided_without_reading_the_message(
     assert reads == [enhanced]
     [got] = peer.received()
     assert got["message"].split("\r")[1].startswith("MSA|AA|ENH2")
+
+
+class _Sent:
+    """A stand-in Celery app that records what would be queued (unit test of the routing;
+    the e2e test sends through a real worker)."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, list[str], str, int]] = []
+
+    def send_task(self, name: str, *, args: list[str], queue: str, priority: int) -> None:
+        self.tasks.append((name, args, queue, priority))
+
+
+def test_the_ack_task_goes_last_on_the_slow_lane_when_there_is_one() -> None:
+    app = _Sent()
+    enqueue_app_ack(app, "i1", slow_lane=True)
+    enqueue_app_ack(app, "i2", slow_lane=False)
+    assert app.tasks == [
+        (APP_ACK_TASK, ["i1"], EXPLAIN_QUEUE, 9),
+        (APP_ACK_TASK, ["i2"], QUEUE, 9),
+    ]
+
+
+def test_may_want_app_ack_reads_only_the_stored_answer(inbox: Inbox) -> None:
+    original = finished(inbox, "ORIG3", accept="", app="")
+    ack = build_ack(parse_msh(message("ORIG3", accept="", app="")), "AA", control_id="A3", now=NOW)
+    inbox.set_ack(original, ack)
+    enhanced = finished(inbox, "ENH3")
+    inbox.set_ack(enhanced, build_ack(parse_msh(message("ENH3")), "CA", control_id="A4", now=NOW))
+    assert not may_want_app_ack(inbox, original)
+    assert may_want_app_ack(inbox, enhanced)
+    assert not may_want_app_ack(inbox, "no-such-item")
