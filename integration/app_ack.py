@@ -111,10 +111,9 @@ def build_app_ack(
     MSH-15 and MSH-16 are ``NE``, so that it asks for no acknowledgment of its own."""
     if code not in ("AA", "AE", "AR"):
         raise ValueError(f"an application ACK is AA, AE or AR, got {code!r}")
-    ack = build_ack(msh, code, control_id=control_id, now=now, error=error, text=text)
-    head, sep, rest = ack.partition(b"\r")
-    # build_ack's MSH ends at MSH-12 (version id): MSH-13, MSH-14 empty, then MSH-15, MSH-16.
-    return head + b"|||NE|NE" + sep + rest
+    return build_ack(
+        msh, code, control_id=control_id, now=now, error=error, text=text, ack_types=("NE", "NE")
+    )
 
 
 #: What `AppAcker.after_processing` did: sent (now or before), not wanted (original mode,

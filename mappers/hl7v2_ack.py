@@ -62,6 +62,7 @@ def build_ack(
     now: datetime,
     error: MappingError | None = None,
     text: str = "",
+    ack_types: tuple[str, str] | None = None,
 ) -> bytes:
     """An ACK answering the message whose header is `msh`.
 
@@ -70,6 +71,8 @@ def build_ack(
     MSA: MSA-1 = `code`, MSA-2 = inbound MSH-10, MSA-3 = `text` (or the error, at most 80
     characters). ERR when `error` is given: ERR-2 location, ERR-3 ``<code>^<text>^HL70357``,
     ERR-4 ``E``, ERR-8 the error message. Segments are joined by CR (no trailing CR).
+    `ack_types`: MSH-15 and MSH-16 of the ACK itself (an application ACK sends ``NE``,
+    ``NE`` so that it is not acknowledged in turn); left out when None.
     """
     if code not in ACK_CODES:
         raise ValueError(f"ACK code must be one of {sorted(ACK_CODES)}, got {code!r}")
@@ -89,6 +92,8 @@ def build_ack(
         escape(msh.processing_id or "P"),
         escape(msh.version_id or "2.5.1"),
     ]
+    if ack_types is not None:
+        header += ["", "", escape(ack_types[0]), escape(ack_types[1])]  # MSH-13..16
     msa_text = text or (str(error) if error is not None else "")
     segments = [
         "MSH|" + "|".join(header[1:]),
