@@ -28,6 +28,7 @@ from inference.record import EcgRecord
 from mappers.aecg_in import record_from_aecg
 from mappers.dicom_ecg import record_from_dicom
 from mappers.errors import DataTypeError, FhirResourceError, MappingError, MissingFieldError
+from mappers.fhir_json import bundle_references, resolve_reference
 from mappers.hl7v2 import parse_oru_r01
 
 #: Largest attachment decoded (bytes after base64): a 12-lead 10 s ECG in any of the formats
@@ -71,7 +72,7 @@ def waveform_source(
         loc = f"{path}.derivedFrom[{i}]"
         if not isinstance(reference, str) or not _names_source(reference, resources):
             continue
-        target = _lookup(reference, resources)
+        target = resolve_reference(reference, resources)
         if target is None:
             raise MissingFieldError(
                 f"the waveform is in {reference[:80]!r}, which is neither in this Bundle nor "
@@ -87,30 +88,22 @@ def waveform_entries(obs: Mapping[str, Any], entries: Sequence[Any]) -> list[int
     DocumentReference or Media its ``derivedFrom`` or ``valueAttachment.url`` names, and the
     Binary an attachment of those names by url. What ingest stores with the ECG: only what
     this Observation needs, so its stored form does not depend on the rest of the Bundle."""
-    keys: dict[str, int] = {}
-    for i, entry in enumerate(entries):
-        res = entry.get("resource") if isinstance(entry, Mapping) else None
-        if not isinstance(res, Mapping) or res.get("resourceType") not in SOURCE_TYPES:
-            continue
-        if isinstance(entry.get("fullUrl"), str):
-            keys[entry["fullUrl"]] = i
-        if isinstance(res.get("id"), str):
-            keys[f"{res['resourceType']}/{res['id']}"] = i
-    by_key = {k: entries[i]["resource"] for k, i in keys.items()}
+    keys = {
+        key: i
+        for key, i in bundle_references(entries).items()
+        if entries[i]["resource"].get("resourceType") in SOURCE_TYPES
+    }
     todo = [r.get("reference") for r in obs.get("derivedFrom") or [] if isinstance(r, Mapping)]
     value = obs.get("valueAttachment")
     todo.append(value.get("url") if isinstance(value, Mapping) else None)
     found: list[int] = []
     while todo:
         ref = todo.pop()
-        target = _lookup(ref, by_key) if isinstance(ref, str) else None
-        if target is None:
-            continue
-        index = next(i for k, i in keys.items() if by_key[k] is target)
-        if index in found:
+        index = resolve_reference(ref, keys) if isinstance(ref, str) else None
+        if index is None or index in found:
             continue
         found.append(index)
-        for att in _attachments_of(target):
+        for att in _attachments_of(entries[index]["resource"]):
             todo.append(att.get("url"))
     return sorted(found)
 
@@ -150,20 +143,11 @@ def record_from_attachment(content: bytes, content_type: str, *, location: str) 
 
 
 def _names_source(reference: str, resources: Resources) -> bool:
-    target = _lookup(reference, resources)
+    target = resolve_reference(reference, resources)
     if target is not None:
         return target.get("resourceType") in SOURCE_TYPES
     kind = reference.rstrip("/").split("/")[-2] if "/" in reference else ""
     return kind in SOURCE_TYPES
-
-
-def _lookup(reference: str, resources: Resources) -> Mapping[str, Any] | None:
-    if reference in resources:
-        return resources[reference]
-    for key, value in resources.items():  # absolute fullUrl vs relative Type/id, either way
-        if key.endswith("/" + reference) or reference.endswith("/" + key):
-            return value
-    return None
 
 
 def _from_resource(
@@ -196,7 +180,7 @@ def _attachment(
     data = att.get("data")
     if data is None and follow and isinstance(att.get("url"), str):
         url: str = att["url"]
-        target = _lookup(url, resources)
+        target = resolve_reference(url, resources)
         if target is None or target.get("resourceType") != "Binary":
             raise MissingFieldError(
                 f"the waveform is at {url[:80]!r}, which is not a Binary in this Bundle or "

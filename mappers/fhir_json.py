@@ -8,7 +8,7 @@ with a FHIRPath-like location (``Observation.component[2].valueSampledData.perio
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from fhir.resources.R4B.resource import Resource
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from mappers.errors import FhirResourceError
 
 R = TypeVar("R", bound=Resource)
+V = TypeVar("V")
 
 UCUM = "http://unitsofmeasure.org"
 MDC_SYSTEM = "urn:oid:2.16.840.1.113883.6.24"
@@ -49,6 +50,32 @@ def parse_json_object(obj: Mapping[str, Any] | bytes | str, *, root: str) -> dic
             f"resourceType is {found!r}, expected {root!r}", location=f"{root}.resourceType"
         )
     return dict(data)
+
+
+def bundle_references(entries: Sequence[Any]) -> dict[str, int]:
+    """Each way a Bundle entry's resource can be referenced (its ``fullUrl``, and
+    ``<resourceType>/<id>``) -> the entry's index."""
+    keys: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping):
+            continue
+        if isinstance(entry.get("fullUrl"), str):
+            keys[entry["fullUrl"]] = i
+        if isinstance(resource.get("id"), str):
+            keys[f"{resource.get('resourceType')}/{resource['id']}"] = i
+    return keys
+
+
+def resolve_reference(reference: str, table: Mapping[str, V]) -> V | None:
+    """What `reference` names in `table` (keyed as `bundle_references` keys): the exact key,
+    else an absolute fullUrl matching a relative ``Type/id`` or the other way round."""
+    if reference in table:
+        return table[reference]
+    for key, value in table.items():
+        if key.endswith("/" + reference) or reference.endswith("/" + key):
+            return value
+    return None
 
 
 def fhir_path(path: str, loc: tuple[int | str, ...]) -> str:

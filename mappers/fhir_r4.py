@@ -53,7 +53,9 @@ from mappers.fhir_attachment import (
 from mappers.fhir_ecg_out import ECG_CODE, ECG_REFID, patient_resource, record_to_observation
 from mappers.fhir_json import (
     UCUM,
+    bundle_references,
     parse_json_object,
+    resolve_reference,
     resource_json,
     validate_resource,
 )
@@ -121,19 +123,13 @@ def _bundle_to_records(obj: Mapping[str, Any] | bytes | str) -> list[tuple[int, 
     entries = data.get("entry") or []
     if not isinstance(entries, list):
         raise FhirResourceError("Bundle.entry must be an array", location="Bundle.entry")
-    patients: dict[str, tuple[int, Mapping[str, Any]]] = {}
-    resources: dict[str, Mapping[str, Any]] = {}
-    for i, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        if not isinstance(resource, Mapping):
-            continue
-        keys = [entry["fullUrl"]] if isinstance(entry.get("fullUrl"), str) else []
-        if isinstance(resource.get("id"), str):
-            keys.append(f"{resource.get('resourceType')}/{resource['id']}")
-        for key in keys:
-            resources[key] = resource
-            if resource.get("resourceType") == "Patient":
-                patients[key] = (i, resource)
+    keys = bundle_references(entries)
+    resources = {key: entries[i]["resource"] for key, i in keys.items()}
+    patients = {
+        key: (i, res)
+        for key, i in keys.items()
+        if (res := resources[key]).get("resourceType") == "Patient"
+    }
     out: list[tuple[int, EcgRecord]] = []
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
@@ -165,13 +161,7 @@ def _resolve_subject(
 ) -> tuple[int, Mapping[str, Any]] | None:
     if not isinstance(subject, Mapping) or not isinstance(subject.get("reference"), str):
         return None
-    ref: str = subject["reference"]
-    if ref in patients:
-        return patients[ref]
-    for key, value in patients.items():
-        if key.endswith("/" + ref) or ref.endswith("/" + key):
-            return value
-    return None
+    return resolve_reference(subject["reference"], patients)
 
 
 def _is_ecg_code(code: Any) -> bool:
