@@ -4,9 +4,6 @@ the report routes mounted on their own FastAPI app."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,9 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from inference.record import EcgRecord, PatientRef
-from inference.result import AnalysisResult, QualityReport, TriageResult
 from integration.inbox import ContentType, Inbox
-from integration.pipeline import report_identity
 from integration.report_store import (
     MAX_OFFSET,
     NdjsonReportSource,
@@ -29,15 +24,9 @@ from integration.report_store import (
 )
 from integration.writeback import NdjsonSink
 from mappers.fhir_device import ModelCard
-from mappers.fhir_r4 import build_report
+from tests.support.reports import NOW, key, write
 
-NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-SECRET = b"test-search-key"
 MRN = "MRN-PAGING-1"
-
-
-def key(identifier: str) -> str:
-    return hmac.new(SECRET, identifier.strip().encode(), hashlib.sha256).hexdigest()
 
 
 def _record(n: int, mrn: str) -> EcgRecord:
@@ -58,24 +47,9 @@ def client_and_ids(tmp_path: Path) -> tuple[TestClient, list[str]]:
     sink = NdjsonSink(tmp_path / "out", model_card=ModelCard(markdown=b"# card"))
     ids = []
     for n, mrn in enumerate([MRN] * 5 + ["MRN-OTHER"]):
-        record = _record(n, mrn)
-        idem = f"test:{n}"
-        accepted = inbox.accept(
-            idem_key=idem,
-            channel="http",
-            content_type=ContentType.FHIR,
-            payload=f"{{{n}}}".encode(),
-            record_id=record.record_id,
-            patient_key=key(mrn),
-        )
-        result = AnalysisResult(record.record_id, "m", QualityReport(True), TriageResult(0.8, 0.5))
-        report_id = report_identity(idem, "m")
-        sink.write(build_report(result, record, report_id=report_id, issued=NOW))
-        inbox.mark_done(
-            accepted.item.id, result_json="{}", report_ref=f"DiagnosticReport/{report_id}"
-        )
+        written = write(inbox, sink, _record(n, mrn), n)
         if mrn == MRN:
-            ids.append(report_id)
+            ids.append(written.report_id)
     store = ReportStore(
         index=ReportIndex.for_inbox(inbox),
         source=NdjsonReportSource(tmp_path / "out"),
