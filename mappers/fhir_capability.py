@@ -51,6 +51,23 @@ def _interactions(*codes: tuple[str, str]) -> list[dict[str, str]]:
     return [{"code": code, "documentation": doc} for code, doc in codes]
 
 
+#: How every resource is written back (`integration.writeback`).
+_WRITTEN = "PUT [type]/[id] (update-as-create, deterministic id: a retry never duplicates)"
+
+
+def _written(resource_type: str, profile: str, documentation: str = "") -> dict[str, Any]:
+    """A client-side resource entry: a type ecgbridge writes, under its profile."""
+    entry: dict[str, Any] = {
+        "type": resource_type,
+        "profile": profile,
+        "supportedProfile": [profile],
+    }
+    if documentation:
+        entry["documentation"] = documentation
+    entry["interaction"] = _interactions(("update", _WRITTEN))
+    return entry
+
+
 def capability_statement(
     *,
     software_version: str,
@@ -111,58 +128,37 @@ def capability_statement(
                 "token (system/Observation.write); report reads system/DiagnosticReport.read."
             ),
         }
-    written = "PUT [type]/[id] (update-as-create, deterministic id: a retry never duplicates)"
     client: dict[str, Any] = {
         "mode": "client",
         "documentation": "Write-back of results to the EHR's FHIR server.",
         "resource": [
-            {
-                "type": "DiagnosticReport",
-                "profile": REPORT_PROFILE,
-                "supportedProfile": [REPORT_PROFILE],
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "Observation",
-                "profile": AI_OBSERVATION_PROFILE,
-                "supportedProfile": [AI_OBSERVATION_PROFILE],
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "Provenance",
-                "profile": AI_PROVENANCE_PROFILE,
-                "supportedProfile": [AI_PROVENANCE_PROFILE],
-                "documentation": "Author: the model's Device; entities: the ECG, the model card.",
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "AuditEvent",
-                "profile": REPORT_AUDIT_PROFILE,
-                "supportedProfile": [REPORT_AUDIT_PROFILE],
-                "documentation": "One per report write (IHE BALP RESTful create).",
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "Device",
-                "profile": AI_DEVICE_PROFILE,
-                "supportedProfile": [AI_DEVICE_PROFILE],
-                "documentation": "The AI model (AI Transparency on FHIR), once per version.",
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "DocumentReference",
-                "profile": MODEL_CARD_PROFILE,
-                "supportedProfile": [MODEL_CARD_PROFILE],
-                "documentation": "The model card (MODEL_CARD.md), once per model version.",
-                "interaction": _interactions(("update", written)),
-            },
-            {
-                "type": "Communication",
-                "profile": ED_ALERT_PROFILE,
-                "supportedProfile": [ED_ALERT_PROFILE],
-                "documentation": "ED alert for a high-risk result (when alerts are configured).",
-                "interaction": _interactions(("update", written)),
-            },
+            _written("DiagnosticReport", REPORT_PROFILE),
+            _written("Observation", AI_OBSERVATION_PROFILE),
+            _written(
+                "Provenance",
+                AI_PROVENANCE_PROFILE,
+                "Author: the model's Device; entities: the ECG, the model card.",
+            ),
+            _written(
+                "AuditEvent",
+                REPORT_AUDIT_PROFILE,
+                "One per report write (IHE BALP RESTful create).",
+            ),
+            _written(
+                "Device",
+                AI_DEVICE_PROFILE,
+                "The AI model (AI Transparency on FHIR), once per version.",
+            ),
+            _written(
+                "DocumentReference",
+                MODEL_CARD_PROFILE,
+                "The model card (MODEL_CARD.md), once per model version.",
+            ),
+            _written(
+                "Communication",
+                ED_ALERT_PROFILE,
+                "ED alert for a high-risk result (when alerts are configured).",
+            ),
         ],
     }
     when = date if date.tzinfo else date.replace(tzinfo=UTC)
