@@ -210,6 +210,8 @@ def register(app: Celery, settings: Settings) -> None:
     """Register the analysis task on `app`."""
 
     state_lock = threading.Lock()  # a thread pool's first tasks must not load it twice
+    # A second stage (explanations, pictures, final report) runs on the explanation queue.
+    staged = settings.explain or settings.report_png or settings.report_pdf
 
     @cache
     def state() -> _WorkerState:
@@ -252,7 +254,6 @@ def register(app: Celery, settings: Settings) -> None:
 
     def _analyze(self: Task, item_id: str) -> dict[str, Any]:
         s = state()
-        staged = settings.explain or settings.report_png or settings.report_pdf
         try:
             outcome = process_item(
                 item_id,
@@ -278,7 +279,6 @@ def register(app: Celery, settings: Settings) -> None:
         so a slow or dead sender endpoint never holds this worker's next ECG."""
         if not may_want_app_ack(s.inbox, item_id):
             return
-        staged = settings.explain or settings.report_png or settings.report_pdf
         try:
             enqueue_app_ack(app, item_id, slow_lane=staged)
         except Exception:  # the report is written; a lost notification is logged, not raised
