@@ -98,11 +98,10 @@ def test_stale_writer_conflicts_then_catches_up(
     assert report.ok and report.size == 5, report.message
 
 
+@pytest.mark.parametrize("audit_url", ["postgresql"], indirect=True)  # a server to drop it
 def test_append_reconnects_after_the_server_drops_its_connection(
     audit_url: str, make_event: EventFactory
 ) -> None:
-    if not audit_url.startswith("postgresql"):
-        pytest.skip("a server-side connection drop needs the PostgreSQL server")
     log = AuditLog(
         SqlStore.from_url(audit_url), signer=HeadSigner.generate(), phi_keys=PhiKeyRing.generate()
     )
